@@ -80,9 +80,10 @@ class TeacherConfig(Strict):
         description="A local directory, a hub id, or 'pkg:NAME' for a model shipped in an "
         "installed package (pkg:all-mpnet-base-v2, pkg:all-minilm-l6-v2)."
     )
-    finetune: Literal["none", "head", "full"] = Field(
-        "head",
-        description="none: the model already has a classification head for these labels; "
+    finetune: Literal["auto", "none", "head", "full"] = Field(
+        "auto",
+        description="auto: none when the model has a head for exactly these labels, else head; "
+        "none: the model already has a classification head for these labels; "
         "head: train a linear head on frozen mean-pooled embeddings; full: fine-tune everything.",
     )
     lr: float | None = Field(
