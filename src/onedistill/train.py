@@ -23,7 +23,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from onedistill.config import DistillConfig
 from onedistill.encode import accepted_inputs, length_sorted_batches, tokenize
-from onedistill.losses import HybridLoss, linear_weights, mean_pool, temperature_at
+from onedistill.losses import HybridLoss, linear_weights, mean_pool, quant_loss, temperature_at
 from onedistill.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -326,8 +326,8 @@ class Distiller:
             self.cfg.loss.temperature.start, self.cfg.loss.temperature.end, step / max(1, total_steps - 1)
         )
         micro = [chunk[i : i + self.cfg.batch_size] for i in range(0, len(chunk), self.cfg.batch_size)]
-        totals: dict[str, float] = {}
-        for i, indices in enumerate(micro):
+        totals: dict[str, float] = {"temperature": temperature}
+        for indices in micro:
             batch = collate(data, indices, self.tokenizer, self.max_length, self.accepted)
             inputs = {k: batch[k] for k in self.accepted if k in batch}
             out = self.student(**inputs, output_hidden_states=bool(self.pairs))
@@ -343,15 +343,21 @@ class Distiller:
                 temperature,
                 student_hidden=student_hidden,
                 teacher_hidden=teacher_hidden,
-                # The quantization term does not depend on the batch: add it once per step.
-                quant_weights=quant_weights if i == 0 else None,
             )
             # Micro-batches are weighted by size so accumulation equals one large batch.
-            (result.total * len(indices) / len(chunk)).backward()
+            share = len(indices) / len(chunk)
+            (result.total * share).backward()
             for cb in self.callbacks:
                 cb.after_backward()
             for k, v in result.terms.items():
-                totals[k] = totals.get(k, 0.0) + v * (len(indices) / len(chunk) if k != "temperature" else 1 / len(micro))
+                if k != "temperature":
+                    totals[k] = totals.get(k, 0.0) + v * share
+        if quant_weights is not None:
+            # The weight term does not depend on the batch: it enters once per optimizer step.
+            quant = quant_loss(quant_weights)
+            (self.cfg.loss.w_quant * quant).backward()
+            totals["quant"] = quant.item()
+            totals["total"] = totals.get("total", 0.0) + self.cfg.loss.w_quant * quant.item()
         params = [p for g in optimizer.param_groups for p in g["params"]]
         totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm))
         optimizer.step()
