@@ -414,7 +414,10 @@ def _run(state: RunState, resume: bool, write_report: Callable) -> dict:
 
     with stage(state, "distill"):
         train_data = assemble_train_data(data, cache, teacher, train_logits, mapping, matched, hard, cfg)
+        train_data.lengths = token_lengths(student_tok, train_data, cfg.data.max_length)
         lr = cfg.distill.lr or (cfg.teacher.lr / 3 if cfg.teacher.lr else DEFAULT_STUDENT_LR)
+        total_steps = Distiller.total_steps(len(train_data.sample), cfg.distill)
+        pruner, qat = attach_compression_hooks(cfg, student, total_steps)
         trainer = Distiller(
             student,
             student_tok,
@@ -427,16 +430,33 @@ def _run(state: RunState, resume: bool, write_report: Callable) -> dict:
             checkpoint_dir=out / "checkpoints",
             metrics_path=out / "metrics.jsonl",
             evaluate=eval_fn(student_tok, data.eval, cfg.data.max_length),
+            callbacks=[pruner] if pruner is not None else [],
+            # A pruned student is only kept from epochs that end after the last pruning event.
+            best_from_step=max(pruner.event_steps()) if pruner is not None else 0,
             assert_teacher_frozen=teacher.assert_frozen,
             show_progress=cfg.run.progress,
         )
         result: TrainResult = trainer.fit(train_data, resume=resume)
+        if qat is not None:
+            from onedistill.compress.qat import disable_fake_quant
+
+            disable_fake_quant(qat)
 
     with stage(state, "save"):
         student_dir = out / "student"
-        student.save_pretrained(student_dir)
-        student_tok.save_pretrained(student_dir)
-        teacher_saved = Path(teacher_dir) if not isinstance(teacher_dir, str) else Path(teacher_dir)
+        pruning_info = None
+        if pruner is not None:
+            from onedistill.compress.prune import plot_sensitivity, save_pruned
+
+            pruning_info = pruner.summary()
+            pruner.finalize()
+            save_pruned(student, student_tok, student_dir)
+            (out / "figures").mkdir(exist_ok=True)
+            plot_sensitivity(pruning_info, out / "figures" / "pruning.png")
+        else:
+            student.save_pretrained(student_dir)
+            student_tok.save_pretrained(student_dir)
+        teacher_saved = Path(teacher_dir)
 
     with stage(state, "evaluate"):
         student_logits = predict(student, student_tok, data.eval.texts, data.eval.pairs, cfg.data.max_length)
@@ -499,6 +519,22 @@ def _run(state: RunState, resume: bool, write_report: Callable) -> dict:
     return report
 
 
+def attach_compression_hooks(cfg: Config, student: torch.nn.Module, total_steps: int):
+    """Pruning gates and fake quantization that act during distillation, when configured."""
+    comp = cfg.compression
+    pruner = qat = None
+    if comp is not None and comp.prune is not None:
+        from onedistill.compress.prune import PruningController
+
+        pruner = PruningController(student, comp.prune, total_steps)
+        log.info("Pruning at steps %s of %d", pruner.event_steps(), total_steps)
+    if comp is not None and comp.qat:
+        from onedistill.compress.qat import enable_fake_quant
+
+        qat = enable_fake_quant(student)
+    return pruner, qat
+
+
 def head_logits(teacher: TeacherClassifier, pooled: np.ndarray) -> np.ndarray:
     """Teacher logits from cached pooled embeddings and the trained head (no encoder pass)."""
     x = torch.nn.functional.normalize(torch.as_tensor(pooled[:, -1], dtype=torch.float32), dim=-1)
@@ -534,6 +570,11 @@ def assemble_train_data(
     extra = np.repeat(hard, cfg.teacher.hard_oversample - 1) if len(hard) else np.array([], np.int64)
     sample = np.concatenate([np.arange(len(texts)), extra]).astype(np.int64)
     return TrainData(texts, pairs, labels, logits, hidden, sample=sample)
+
+
+def token_lengths(tokenizer, data: TrainData, max_length: int) -> np.ndarray:
+    enc = tokenizer(data.texts, data.pairs, truncation=True, max_length=max_length)
+    return np.array([len(ids) for ids in enc["input_ids"]], dtype=np.int64)
 
 
 def write_eval_files(out: Path, data: DataBundle, calibration: int = 256) -> None:

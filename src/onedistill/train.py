@@ -51,6 +51,7 @@ class TrainData:
     teacher_logits: np.ndarray  # [N, C]
     teacher_hidden: np.ndarray | None  # [N, pairs, D_t] pooled teacher states of mapped layers
     sample: np.ndarray = field(default=None)  # type: ignore[assignment]  # indices per epoch
+    lengths: np.ndarray | None = None  # token counts, for length-grouped batches
 
     def __post_init__(self) -> None:
         n = len(self.texts)
@@ -81,11 +82,31 @@ def collate(
     return batch
 
 
-def epoch_order(sample: np.ndarray, seed: int, epoch: int) -> np.ndarray:
-    """The shuffled example order of one epoch; a function of seed and epoch only, so a resumed
-    run sees exactly the batches an uninterrupted one would."""
+def epoch_order(
+    sample: np.ndarray, seed: int, epoch: int, lengths: np.ndarray | None = None, group: int = 0
+) -> np.ndarray:
+    """The shuffled example order of one epoch.
+
+    A function of seed and epoch only, so a resumed run sees exactly the batches an
+    uninterrupted one would. With ``lengths`` and ``group`` (examples per optimizer step), the
+    shuffled order is cut into windows of 50 steps, each window is sorted by length and its
+    steps are shuffled again: batches hold texts of similar length, so far less compute goes
+    into padding, while every epoch still mixes the whole data set.
+    """
     rng = np.random.default_rng(seed * 1000 + epoch)
-    return sample[rng.permutation(len(sample))]
+    order = sample[rng.permutation(len(sample))]
+    if lengths is None or group <= 1:
+        return order
+    window = group * 50
+    steps = []
+    for start in range(0, len(order), window):
+        part = order[start : start + window]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        steps.extend(part[k : k + group] for k in range(0, len(part), group))
+    full = [s for s in steps if len(s) == group]
+    short = [s for s in steps if len(s) < group]
+    # The one short step (end of the data) stays last so every other step has a full batch.
+    return np.concatenate([full[k] for k in rng.permutation(len(full))] + short)
 
 
 @torch.no_grad()
@@ -170,6 +191,7 @@ class Distiller:
         evaluate: Callable[[nn.Module], dict[str, float]],
         callbacks: Sequence[StepCallback] = (),
         assert_teacher_frozen: Callable[[], None] | None = None,
+        best_from_step: int = 0,
         show_progress: bool = True,
     ):
         self.student = student
@@ -184,6 +206,7 @@ class Distiller:
         self.evaluate = evaluate
         self.callbacks = list(callbacks)
         self.assert_teacher_frozen = assert_teacher_frozen or (lambda: None)
+        self.best_from_step = best_from_step
         self.show_progress = show_progress
         self.accepted = accepted_inputs(student)
         self.loss = HybridLoss(
@@ -211,6 +234,11 @@ class Distiller:
                 {"params": self.loss.projections.parameters(), "lr": self.cfg.projection_lr, "weight_decay": 0.0}
             )
         return torch.optim.AdamW(groups)
+
+    @staticmethod
+    def total_steps(examples_per_epoch: int, cfg: DistillConfig) -> int:
+        """Optimizer steps of a whole run."""
+        return math.ceil(examples_per_epoch / (cfg.batch_size * cfg.grad_accum)) * cfg.epochs
 
     def _latest_checkpoint(self) -> Path | None:
         found = sorted(
@@ -253,14 +281,14 @@ class Distiller:
             log.info("Resumed from %s (epoch %d done, step %d)", ckpt_path, start_epoch, step)
 
         stopped_early = False
-        metrics = self.metrics_path.open("a", encoding="utf-8")
+        metrics = self.metrics_path.open("a", encoding="utf-8", buffering=1)  # line-buffered: tail -f works
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 if cfg.early_stopping_patience and bad_epochs >= cfg.early_stopping_patience:
                     stopped_early = True
                     break
                 self.student.train()
-                order = epoch_order(data.sample, self.seed, epoch)
+                order = epoch_order(data.sample, self.seed, epoch, data.lengths, per_step)
                 started = time.perf_counter()
                 sums: dict[str, float] = {}
                 desc = f"distill epoch {epoch + 1}/{cfg.epochs}"
@@ -275,7 +303,12 @@ class Distiller:
                         for k, v in terms.items():
                             sums[k] = sums.get(k, 0.0) + v
                         if step % 10 == 0 or s == steps_per_epoch - 1:
-                            row = {"step": step, "epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
+                            row = {
+                                "step": step,
+                                "epoch": epoch + 1,
+                                "lr": scheduler.get_last_lr()[0],
+                                "epoch_elapsed_s": round(time.perf_counter() - started, 2),
+                            }
                             metrics.write(json.dumps(row | terms) + "\n")
                         advance(1)
 
@@ -299,17 +332,21 @@ class Distiller:
                     scores.get("macro_f1", float("nan")),
                     row["epoch_time_s"],
                 )
-                if metric > best:
-                    best, best_epoch, bad_epochs = metric, epoch + 1, 0
-                    torch.save(self.student.state_dict(), best_path)
-                else:
-                    bad_epochs += 1
+                # Epochs that end before best_from_step (e.g. while pruning is still removing
+                # structure) are neither kept as best nor counted against early stopping.
+                if step >= self.best_from_step:
+                    if metric > best:
+                        best, best_epoch, bad_epochs = metric, epoch + 1, 0
+                        torch.save(self.student.state_dict(), best_path)
+                    else:
+                        bad_epochs += 1
                 self._checkpoint(epoch, step, optimizer, scheduler, best, best_epoch, bad_epochs, history)
         finally:
             metrics.close()
 
         # Keep the best epoch's weights, not the last one's.
-        self.student.load_state_dict(torch.load(best_path, weights_only=True))
+        if best_epoch > 0:
+            self.student.load_state_dict(torch.load(best_path, weights_only=True))
         return TrainResult(best_epoch, best, history, stopped_early, step, self.lr)
 
     def _step(
