@@ -27,7 +27,12 @@ def make_tokenizer(directory: Path):
 
 
 def make_tiny_bert(
-    directory: Path, layers: int = 2, width: int = 32, heads: int = 4, labels: int = 2, seed: int = 0
+    directory: Path,
+    layers: int = 2,
+    width: int = 32,
+    heads: int = 4,
+    labels: int = 2,
+    seed: int = 0,
 ) -> Path:
     """Save a randomly initialised BERT classifier (and tokenizer) to ``directory``."""
     import torch

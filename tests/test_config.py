@@ -67,7 +67,9 @@ def test_data_needs_a_source():
 
 
 def test_validate_command_lists_errors(tmp_path):
-    path = write(tmp_path, "data: {source: mr-sentiment}\nteacher: {modle: x}\nstudent: {model: y}\n")
+    path = write(
+        tmp_path, "data: {source: mr-sentiment}\nteacher: {modle: x}\nstudent: {model: y}\n"
+    )
     result = CliRunner().invoke(app, ["validate", str(path)])
     assert result.exit_code == 2
     out = result.output

@@ -31,7 +31,10 @@ def test_kd_scales_with_t_squared_and_matches_torch():
     s, t = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
     for temp in (1.0, 2.0, 4.0):
         ref = F.kl_div(
-            F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1), log_target=True, reduction="batchmean"
+            F.log_softmax(s / temp, -1),
+            F.log_softmax(t / temp, -1),
+            log_target=True,
+            reduction="batchmean",
         )
         assert kd_loss(s, t, temp).item() == pytest.approx(temp**2 * ref.item(), rel=1e-10)
 
@@ -98,7 +101,9 @@ def test_temperature_schedule():
 
 def test_hybrid_loss_is_weighted_sum_of_named_terms():
     torch.manual_seed(0)
-    loss = HybridLoss(w_kd=0.6, w_hidden=0.3, w_quant=0.1, w_ce=0.2, student_dim=4, teacher_dim=6, pairs=1)
+    loss = HybridLoss(
+        w_kd=0.6, w_hidden=0.3, w_quant=0.1, w_ce=0.2, student_dim=4, teacher_dim=6, pairs=1
+    )
     s_logits, t_logits = torch.randn(3, 2), torch.randn(3, 2)
     labels = torch.tensor([0, 1, -1])  # the last row is unlabelled transfer text
     sh, th = torch.randn(3, 4), torch.randn(3, 6)

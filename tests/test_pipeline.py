@@ -4,11 +4,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_bert, sentiment_rows, write_csv
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from typer.testing import CliRunner
 
+from conftest import make_tiny_bert, sentiment_rows, write_csv
 from onedistill.cli import app
 from onedistill.config import DistillConfig, LossConfig, parse_config
 from onedistill.pipeline import OutputExistsError, run, select_hard_examples
@@ -43,14 +43,22 @@ def test_cli_end_to_end_on_tiny_bert(workspace, tmp_path):
         app,
         [
             "run",
-            "--teacher", str(workspace / "teacher"),
-            "--student", str(workspace / "student"),
-            "--train", str(workspace / "train.csv"),
-            "--eval", str(workspace / "eval.csv"),
-            "--text-column", "text",
-            "--label-column", "label",
-            "--out", str(out),
-            "--epochs", "2",
+            "--teacher",
+            str(workspace / "teacher"),
+            "--student",
+            str(workspace / "student"),
+            "--train",
+            str(workspace / "train.csv"),
+            "--eval",
+            str(workspace / "eval.csv"),
+            "--text-column",
+            "text",
+            "--label-column",
+            "label",
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
         ],
         env={"ONEDISTILL_CACHE": str(workspace / "cache")},
     )
@@ -60,8 +68,15 @@ def test_cli_end_to_end_on_tiny_bert(workspace, tmp_path):
 
     report = json.loads((out / "report.json").read_text())
     for who in ("teacher", "student"):
-        for key in ("accuracy", "macro_f1", "params", "size_mb", "latency_ms_p50",
-                    "latency_ms_p95", "throughput_per_s"):
+        for key in (
+            "accuracy",
+            "macro_f1",
+            "params",
+            "size_mb",
+            "latency_ms_p50",
+            "latency_ms_p95",
+            "throughput_per_s",
+        ):
             assert isinstance(report[who][key], (int, float)), (who, key)
     assert 0.0 <= report["student"]["agreement"] <= 1.0
     assert set(report["compression"]) >= {"params_ratio", "size_ratio", "speedup_p50"}
@@ -198,14 +213,27 @@ def test_gradient_accumulation_equals_one_large_batch(tmp_path, monkeypatch):
             model_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
         )
         cfg = DistillConfig(
-            epochs=1, batch_size=batch_size, grad_accum=accum, warmup_ratio=0.0, max_grad_norm=1e9,
+            epochs=1,
+            batch_size=batch_size,
+            grad_accum=accum,
+            warmup_ratio=0.0,
+            max_grad_norm=1e9,
             loss=LossConfig(w_kd=0.6, w_hidden=0.3, w_quant=0.1, w_ce=0.2),
         )
         torch.manual_seed(0)
         trainer = Distiller(
-            model, tok, cfg, lr=1e-3, teacher_width=32, pairs=[2], max_length=16, seed=0,
-            checkpoint_dir=tmp_path / f"ck{batch_size}", metrics_path=tmp_path / f"m{batch_size}.jsonl",
-            evaluate=lambda m: {"accuracy": 0.0}, show_progress=False,
+            model,
+            tok,
+            cfg,
+            lr=1e-3,
+            teacher_width=32,
+            pairs=[2],
+            max_length=16,
+            seed=0,
+            checkpoint_dir=tmp_path / f"ck{batch_size}",
+            metrics_path=tmp_path / f"m{batch_size}.jsonl",
+            evaluate=lambda m: {"accuracy": 0.0},
+            show_progress=False,
         )
         trainer.fit(data)
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -232,9 +260,36 @@ def test_length_grouped_order_covers_every_example_once():
     assert sorted(order.tolist()) == sorted(sample.tolist())
     again = epoch_order(sample, seed=1, epoch=0, lengths=lengths, group=32)
     assert np.array_equal(order, again)
+
     # Steps hold similar lengths: far less padding than a plain shuffle.
     def padding(o):
         return sum(lengths[o[k : k + 32]].max() * len(o[k : k + 32]) for k in range(0, len(o), 32))
 
     plain = epoch_order(sample, seed=1, epoch=0)
     assert padding(order) < 0.7 * padding(plain)
+
+
+def test_run_with_pruning_and_cpu_compression(workspace, tmp_path):
+    cfg = config(workspace, tmp_path / "run", epochs=1)
+    cfg["compression"] = {
+        "target": "cpu",
+        "prune": {"heads": 0.5, "neurons": 0.1, "protect_heads": 1, "epochs": 1, "steps": 2},
+    }
+    report = run(parse_config(cfg))
+    out = tmp_path / "run"
+    pruned = report["student_pruned"]["pruning"]
+    assert pruned["total_heads_kept"] < pruned["total_heads"]
+    assert pruned["total_neurons_kept"] < pruned["total_neurons"]
+    assert report["student_pruned"]["params"] < report["student"]["params"]
+    # Pruned weights are removed, and the model reloads from disk with its smaller shapes.
+    from onedistill.compress.prune import load_student
+
+    reloaded = load_student(out / "student-pruned")
+    assert sum(p.numel() for p in reloaded.parameters()) == report["student_pruned"]["params"]
+    assert (out / "figures" / "pruning.png").is_file()
+    # The compression stage built and checked artifacts from the pruned student.
+    assert (out / "compressed" / "model.onnx").is_file()
+    artifacts = report["compression"]["artifacts"]
+    assert any(a.get("chosen") for a in artifacts)
+    md = (out / "report.md").read_text()
+    assert "## Compression" in md and "student pruned (torch)" in md

@@ -1,8 +1,8 @@
 import pytest
 import torch
-from conftest import make_tiny_bert
 from transformers import AutoModel
 
+from conftest import make_tiny_bert
 from onedistill.config import StudentConfig
 from onedistill.student import (
     MappingError,

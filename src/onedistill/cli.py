@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -59,22 +58,31 @@ def _set(raw: dict, path: str, value: Any) -> None:
 
 @app.command()
 def run(
-    config: Annotated[Path | None, typer.Argument(help="YAML config; flags below override it.")] = None,
-    teacher: Annotated[str | None, typer.Option(help="Teacher: directory, hub id or pkg:NAME.")] = None,
+    config: Annotated[
+        Path | None, typer.Argument(help="YAML config; flags below override it.")
+    ] = None,
+    teacher: Annotated[
+        str | None, typer.Option(help="Teacher: directory, hub id or pkg:NAME.")
+    ] = None,
     student: Annotated[
-        str | None, typer.Option(help="Student model (default pkg:all-minilm-l6-v2 without a config).")
+        str | None,
+        typer.Option(help="Student model (default pkg:all-minilm-l6-v2 without a config)."),
     ] = None,
     student_layers: Annotated[
         int | None, typer.Option(help="Cut a student of N layers from the teacher instead.")
     ] = None,
-    train: Annotated[str | None, typer.Option(help="Training file (.csv .tsv .jsonl .parquet).")] = None,
+    train: Annotated[
+        str | None, typer.Option(help="Training file (.csv .tsv .jsonl .parquet).")
+    ] = None,
     eval: Annotated[str | None, typer.Option("--eval", help="Eval file.")] = None,
     text_column: Annotated[str | None, typer.Option(help="Text column.")] = None,
     text_pair_column: Annotated[str | None, typer.Option(help="Second text column.")] = None,
     label_column: Annotated[str | None, typer.Option(help="Label column.")] = None,
     out: Annotated[str | None, typer.Option(help="Output directory.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Distillation epochs.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue a killed run from its last checkpoint.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue a killed run from its last checkpoint.")
+    ] = False,
     overwrite: Annotated[
         bool, typer.Option(help="Move an existing run in --out aside instead of refusing.")
     ] = False,
@@ -159,13 +167,18 @@ def compress(
     from onedistill.compress.commands import compress_run_dir
 
     overrides = {"target": target} if target else None
+    from onedistill.report import rerender
+
     try:
         result = compress_run_dir(str(run_dir), overrides, force=force)
-    except _user_errors() as exc:
+    except (*_user_errors(), FileExistsError, ValueError) as exc:
         _fail(exc)
-    except ValueError as exc:
-        _fail(exc)
-    typer.echo(json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=2, default=str)[:3000])
+    if (run_dir / "report.json").is_file() and (run_dir / "report.md").is_file():
+        rerender(run_dir)
+    if result.get("status") == "failed":
+        err.print(f"[bold red]compression failed its budget:[/] {result.get('errors')}")
+        raise typer.Exit(code=1)
+    err.print(f"[bold green]done:[/] {run_dir / 'compressed'} (chosen: {result.get('chosen')})")
 
 
 @app.command()

@@ -109,7 +109,9 @@ class StudentConfig(Strict):
         None, description="A pretrained student (directory, hub id or pkg:NAME)."
     )
     layers: int | None = Field(
-        None, ge=1, description="Instead of model: cut a student of this many layers from the teacher."
+        None,
+        ge=1,
+        description="Instead of model: cut a student of this many layers from the teacher.",
     )
     mapping: LayerMapping = Field(
         "uniform",
@@ -206,9 +208,7 @@ class _Loader(yaml.SafeLoader):
     pass
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789.")
-)
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
 
 
 def _int_or_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int | float:
@@ -239,7 +239,9 @@ def _describe(error: dict[str, Any]) -> str:
 def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
     """Validate a plain dict; raise ``ConfigError`` listing every problem."""
     if not isinstance(raw, dict):
-        raise ConfigError(source, [f"(top level): expected a mapping, received {type(raw).__name__}"])
+        raise ConfigError(
+            source, [f"(top level): expected a mapping, received {type(raw).__name__}"]
+        )
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:

@@ -48,7 +48,10 @@ def length_sorted_batches(
     padded to the longest one in a random batch costs several times its own compute.
     """
     lengths = np.array(
-        [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
+        [
+            len(ids)
+            for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+        ]
     )
     order = np.argsort(-lengths, kind="stable")
     for start in range(0, len(order), batch_size):

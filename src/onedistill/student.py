@@ -122,7 +122,9 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(cross / ((x.T @ x).norm() * (y.T @ y).norm()).clamp(min=1e-12))
 
 
-def adaptive_mapping(student_pooled: torch.Tensor, teacher_pooled: torch.Tensor) -> tuple[list[int], list[list[float]]]:
+def adaptive_mapping(
+    student_pooled: torch.Tensor, teacher_pooled: torch.Tensor
+) -> tuple[list[int], list[list[float]]]:
     """For each student layer, the teacher layer it matches best by linear CKA.
 
     Args:

@@ -50,7 +50,9 @@ class TeacherClassifier(nn.Module):
     def width(self) -> int:
         return self.backbone.config.hidden_size
 
-    def forward(self, **inputs: torch.Tensor) -> tuple[torch.Tensor | None, tuple[torch.Tensor, ...]]:
+    def forward(
+        self, **inputs: torch.Tensor
+    ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, ...]]:
         inputs = {k: v for k, v in inputs.items() if k in self.accepted}
         out = self.backbone(**inputs, output_hidden_states=True)
         if self.head is None:

@@ -231,7 +231,11 @@ class Distiller:
         ]
         if len(self.loss.projections):
             groups.append(
-                {"params": self.loss.projections.parameters(), "lr": self.cfg.projection_lr, "weight_decay": 0.0}
+                {
+                    "params": self.loss.projections.parameters(),
+                    "lr": self.cfg.projection_lr,
+                    "weight_decay": 0.0,
+                }
             )
         return torch.optim.AdamW(groups)
 
@@ -281,7 +285,9 @@ class Distiller:
             log.info("Resumed from %s (epoch %d done, step %d)", ckpt_path, start_epoch, step)
 
         stopped_early = False
-        metrics = self.metrics_path.open("a", encoding="utf-8", buffering=1)  # line-buffered: tail -f works
+        metrics = self.metrics_path.open(
+            "a", encoding="utf-8", buffering=1
+        )  # line-buffered: tail -f works
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 if cfg.early_stopping_patience and bad_epochs >= cfg.early_stopping_patience:
@@ -292,7 +298,9 @@ class Distiller:
                 started = time.perf_counter()
                 sums: dict[str, float] = {}
                 desc = f"distill epoch {epoch + 1}/{cfg.epochs}"
-                with progress_bar(desc, total=steps_per_epoch, enabled=self.show_progress) as advance:
+                with progress_bar(
+                    desc, total=steps_per_epoch, enabled=self.show_progress
+                ) as advance:
                     for s in range(steps_per_epoch):
                         chunk = order[s * per_step : (s + 1) * per_step]
                         terms = self._step(data, chunk, optimizer, quant_weights, step, total_steps)
@@ -340,7 +348,9 @@ class Distiller:
                         torch.save(self.student.state_dict(), best_path)
                     else:
                         bad_epochs += 1
-                self._checkpoint(epoch, step, optimizer, scheduler, best, best_epoch, bad_epochs, history)
+                self._checkpoint(
+                    epoch, step, optimizer, scheduler, best, best_epoch, bad_epochs, history
+                )
         finally:
             metrics.close()
 
@@ -360,9 +370,13 @@ class Distiller:
     ) -> dict[str, float]:
         self.assert_teacher_frozen()
         temperature = temperature_at(
-            self.cfg.loss.temperature.start, self.cfg.loss.temperature.end, step / max(1, total_steps - 1)
+            self.cfg.loss.temperature.start,
+            self.cfg.loss.temperature.end,
+            step / max(1, total_steps - 1),
         )
-        micro = [chunk[i : i + self.cfg.batch_size] for i in range(0, len(chunk), self.cfg.batch_size)]
+        micro = [
+            chunk[i : i + self.cfg.batch_size] for i in range(0, len(chunk), self.cfg.batch_size)
+        ]
         totals: dict[str, float] = {"temperature": temperature}
         for indices in micro:
             batch = collate(data, indices, self.tokenizer, self.max_length, self.accepted)
@@ -372,7 +386,9 @@ class Distiller:
             if self.pairs:
                 mask = batch["attention_mask"]
                 student_hidden = [mean_pool(out.hidden_states[layer], mask) for layer in self.pairs]
-                teacher_hidden = [batch["teacher_hidden"][:, slot] for slot in range(len(self.pairs))]
+                teacher_hidden = [
+                    batch["teacher_hidden"][:, slot] for slot in range(len(self.pairs))
+                ]
             result = self.loss(
                 out.logits,
                 batch["teacher_logits"],

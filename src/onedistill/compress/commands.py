@@ -221,6 +221,7 @@ def compress_run_dir(
     console: Any | None = None,
     threads: int | None = None,
     repeats: int | None = None,
+    student_subdir: str = "student",
 ) -> dict:
     """Compress the student of a finished run into ``RUN_DIR/compressed/`` and report it.
 
@@ -241,6 +242,7 @@ def compress_run_dir(
         console: A rich console to print the summary to.
         threads: Measurement threads (default: ``run.threads`` of the run, else 2).
         repeats: Timed batch-1 calls (default: ``eval.latency_repeats``, else 30).
+        student_subdir: Which saved student to compress (``student-pruned`` after pruning).
 
     Returns:
         The compression report section (``status`` "failed" when a budget could not be met).
@@ -256,7 +258,7 @@ def compress_run_dir(
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"run directory not found: {run}")
-    student = run / "student"
+    student = run / student_subdir
     if not is_hf_model_dir(student):
         raise FileNotFoundError(
             f"{student} is not a saved student (config.json and weights); is the run finished?"

@@ -38,6 +38,13 @@ class PruneConfig(_Section):
         0.8, ge=0.0, le=1.0, description="Fraction of training at which the last pruning event is."
     )
     steps: int = Field(4, ge=1, le=1000, description="Number of pruning events from start to end.")
+    epochs: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description="Epochs of further distillation during which the pruning schedule runs and "
+        "the student recovers (after the main distillation epochs).",
+    )
     max_accuracy_drop: float | None = Field(
         None,
         ge=0.0,
