@@ -293,3 +293,27 @@ def test_run_with_pruning_and_cpu_compression(workspace, tmp_path):
     assert any(a.get("chosen") for a in artifacts)
     md = (out / "report.md").read_text()
     assert "## Compression" in md and "student pruned (torch)" in md
+
+
+def test_prune_guard_undoes_an_event_that_costs_too_much(tmp_path):
+    from types import SimpleNamespace
+
+    from onedistill.compress.prune import PruningController
+    from onedistill.pipeline import PruneGuard
+
+    path = make_tiny_bert(tmp_path / "m", layers=2, width=32, heads=4)
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    cfg = SimpleNamespace(
+        heads=0.5, neurons=0.0, protect_heads=0, start=0.5, end=0.5, steps=1, max_accuracy_drop=1.0
+    )
+    pruner = PruningController(model, cfg, total_steps=4)
+    scores = iter([0.90, 0.80])  # before pruning, then after the event: 10 points lost
+    guard = PruneGuard(pruner, lambda m: {"accuracy": next(scores)}, model, max_drop=0.01)
+    tok = AutoTokenizer.from_pretrained(path)
+    for step in range(1, 5):
+        model(**tok(["good movie"], return_tensors="pt")).logits.sum().backward()
+        guard.after_backward()
+        guard.on_step(step)
+    assert guard.reverted_at == 2
+    assert pruner.stopped
+    assert pruner.summary()["total_heads_kept"] == pruner.summary()["total_heads"]

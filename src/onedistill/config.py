@@ -49,10 +49,12 @@ class DataConfig(Strict):
     eval: str | None = Field(
         None, description="Eval file. Without it, a stratified eval_fraction of train is held out."
     )
-    text_column: str = "text"
+    text_column: str = Field("text", description="Column holding the text.")
     text_pair_column: str | None = Field(None, description="Second text column for pair tasks.")
-    label_column: str = "label"
-    eval_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    label_column: str = Field("label", description="Column holding the label (string or integer).")
+    eval_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Share of train held out for eval when data.eval is unset."
+    )
     max_length: int = Field(128, ge=8, le=4096, description="Tokens per example after truncation.")
     limit: int | None = Field(
         None, ge=1, description="Use at most this many training rows (stratified sample)."
@@ -132,16 +134,20 @@ class StudentConfig(Strict):
 class TemperatureConfig(Strict):
     """Softmax temperature for the KD term: constant, or a linear schedule start -> end."""
 
-    start: float = Field(2.0, gt=0)
+    start: float = Field(2.0, gt=0, description="Temperature at the first step.")
     end: float | None = Field(None, gt=0, description="Default: same as start (constant).")
 
 
 class LossConfig(Strict):
     """Weights of the named terms of the hybrid loss."""
 
-    w_kd: float = Field(0.6, ge=0)
-    w_hidden: float = Field(0.3, ge=0)
-    w_quant: float = Field(0.1, ge=0)
+    w_kd: float = Field(0.6, ge=0, description="Weight of T^2 * KL(teacher_T || student_T).")
+    w_hidden: float = Field(
+        0.3, ge=0, description="Weight of 1 - cos(P h_student, h_teacher) over matched layers."
+    )
+    w_quant: float = Field(
+        0.1, ge=0, description="Weight of the INT8 rounding error of the student's linear weights."
+    )
     w_ce: float = Field(0.2, ge=0, description="Weight of cross-entropy on the true labels.")
     temperature: TemperatureConfig = Field(default_factory=TemperatureConfig)
 
@@ -155,16 +161,18 @@ class LossConfig(Strict):
 class DistillConfig(Strict):
     """Optimisation of the student."""
 
-    epochs: int = Field(3, ge=1)
-    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(3, ge=1, description="Passes over the training data.")
+    batch_size: int = Field(32, ge=1, description="Examples per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     lr: float | None = Field(
         None, gt=0, description="Student LR. Default: teacher.lr / 3 when known, else 5e-5."
     )
     projection_lr: float = Field(1e-3, gt=0, description="LR of the hidden-state projection.")
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.06, ge=0, lt=1)
-    max_grad_norm: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not on biases/norms).")
+    warmup_ratio: float = Field(
+        0.06, ge=0, lt=1, description="Share of steps with linear LR warm-up; then linear decay."
+    )
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping threshold.")
     early_stopping_patience: int = Field(
         2, ge=0, description="Stop after this many epochs without eval gain (0 = never stop)."
     )
@@ -273,3 +281,32 @@ def load_config(path: str | Path) -> Config:
 def dump_config(config: Config) -> str:
     """The resolved config as YAML, every default written out."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def reference_markdown() -> str:
+    """A Markdown table of every config key, its default and its description."""
+    rows = ["| key | default | description |", "|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            key = f"{prefix}{name}"
+            annotation = field.annotation
+            nested = [
+                a
+                for a in getattr(annotation, "__args__", (annotation,))
+                if isinstance(a, type) and issubclass(a, BaseModel)
+            ]
+            if nested:
+                rows.append(f"| `{key}` | | {field.description or nested[0].__doc__.splitlines()[0]} |")
+                walk(nested[0], key + ".")
+                continue
+            if field.is_required():
+                default = "required"
+            elif field.default_factory is not None:
+                default = f"`{field.default_factory()}`"
+            else:
+                default = f"`{field.default}`"
+            rows.append(f"| `{key}` | {default} | {(field.description or '').replace('|', '/')} |")
+
+    walk(Config, "")
+    return "\n".join(rows)

@@ -32,6 +32,7 @@ def quality(logits: np.ndarray, labels: np.ndarray, reference: np.ndarray | None
 
 
 def count_params(model: nn.Module) -> int:
+    """Total number of parameters in ``model``, trainable or frozen."""
     return sum(p.numel() for p in model.parameters())
 
 

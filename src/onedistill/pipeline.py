@@ -669,6 +669,53 @@ def prune_stage(
     return target, summary, result
 
 
+class PruneGuard:
+    """Stops the pruning schedule when an event costs more accuracy than allowed.
+
+    After each pruning event the student is evaluated; if its eval accuracy fell more than
+    ``max_drop`` below the unpruned student's, the last event is undone and pruning stops.
+    Training then continues, so the student still recovers from the events that were kept.
+    """
+
+    def __init__(self, pruner, evaluate: Callable, student: torch.nn.Module, max_drop: float):
+        self.pruner = pruner
+        self.evaluate = evaluate
+        self.student = student
+        self.max_drop = max_drop
+        self.baseline: float | None = None
+        self.reverted_at: int | None = None
+
+    def after_backward(self) -> None:
+        self.pruner.after_backward()
+
+    def on_step(self, step: int) -> bool:
+        if self.baseline is None:
+            self.baseline = self.evaluate(self.student)["accuracy"]
+        if self.pruner.stopped or not self.pruner.on_step(step):
+            return False
+        accuracy = self.evaluate(self.student)["accuracy"]
+        self.student.train()
+        if accuracy < self.baseline - self.max_drop:
+            self.pruner.stop(revert_last_event=True)
+            self.reverted_at = step
+            log.warning(
+                "Pruning stopped at step %d: eval accuracy %.4f is more than %.1f points below "
+                "the unpruned %.4f; the last event was undone",
+                step,
+                accuracy,
+                self.max_drop * 100,
+                self.baseline,
+            )
+        return True
+
+    def state_dict(self) -> dict:
+        return {"pruner": self.pruner.state_dict(), "baseline": self.baseline}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pruner.load_state_dict(state["pruner"])
+        self.baseline = state["baseline"]
+
+
 def load_student_dir(path: Path) -> torch.nn.Module:
     """A saved student, plain or pruned, in eval mode."""
     from onedistill.compress.prune import load_student

@@ -73,6 +73,7 @@ def plot_comparison(report: dict, out_path: Path) -> Path:
 
 
 def render_markdown(report: dict, figures: list[str]) -> str:
+    """The report as a Markdown document: teacher-vs-student table, summary and figures."""
     t, s, c = report["teacher"], report["student"], report["compression"]
     lines = [
         "# onedistill report",
@@ -88,7 +89,8 @@ def render_markdown(report: dict, figures: list[str]) -> str:
     ]
     for name, m in (("teacher", t), ("student", s)):
         lines.append(
-            f"| {name} | {_fmt(m['accuracy'])} | {_fmt(m['macro_f1'])} | {_fmt(m.get('roc_auc'))} | "
+            f"| {name} | {_fmt(m['accuracy'])} | {_fmt(m['macro_f1'])} | "
+            f"{_fmt(m.get('roc_auc'))} | "
             f"{_fmt(m.get('agreement'))} | {_fmt(m['params'])} | {_fmt(m['size_mb'], 1)} | "
             f"{_fmt(m['latency_ms_p50'], 2)} | {_fmt(m['latency_ms_p95'], 2)} | "
             f"{_fmt(m['throughput_per_s'], 1)} |"

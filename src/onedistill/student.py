@@ -39,7 +39,11 @@ def cut_student(
     """A student made of the teacher's embeddings and the chosen teacher layers.
 
     Args:
+        teacher_dir: Directory of the teacher checkpoint; its config shapes the student.
+        teacher_backbone: The loaded teacher network (bare encoder or classifier) whose
+            embedding and layer weights are copied.
         layers: 1-based teacher layer numbers to copy, one per student layer, in order.
+        label_names: Class names, in label-id order, for the student's new classification head.
     """
     config = AutoConfig.from_pretrained(teacher_dir)
     config.num_hidden_layers = len(layers)
@@ -90,7 +94,8 @@ def check_mapping(
     if len(mapping) != student_layers:
         raise MappingError(
             f"student.mapping has {len(mapping)} entries ({mapping}) but the student has "
-            f"{student_layers} layers; give one teacher layer (1..{teacher_layers}) per student layer"
+            f"{student_layers} layers; give one teacher layer (1..{teacher_layers}) "
+            "per student layer"
         )
     bad = [t for t in mapping if not 1 <= t <= teacher_layers]
     if bad:

@@ -44,15 +44,18 @@ class TeacherClassifier(nn.Module):
 
     @property
     def num_layers(self) -> int:
+        """Number of transformer layers in the backbone (``L``)."""
         return self.backbone.config.num_hidden_layers
 
     @property
     def width(self) -> int:
+        """Hidden size of the backbone."""
         return self.backbone.config.hidden_size
 
     def forward(
         self, **inputs: torch.Tensor
     ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, ...]]:
+        """Logits (``None`` for a bare encoder without a head yet) and all hidden states."""
         inputs = {k: v for k, v in inputs.items() if k in self.accepted}
         out = self.backbone(**inputs, output_hidden_states=True)
         if self.head is None:
@@ -62,6 +65,7 @@ class TeacherClassifier(nn.Module):
         return self.head(pooled), out.hidden_states
 
     def freeze(self) -> TeacherClassifier:
+        """Switch to eval mode and turn off gradients for every parameter; returns self."""
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
@@ -81,6 +85,7 @@ class LogitsOnly(nn.Module):
         self.teacher = teacher
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits, dropping its hidden states."""
         return self.teacher(**inputs)[0]
 
 
@@ -150,9 +155,11 @@ class TeacherCache:
             self._pooled = np.load(self.dir / "pooled.npy")
 
     def missing(self, ids: Sequence[str]) -> list[int]:
+        """Positions in ``ids`` of the examples not cached yet."""
         return [i for i, k in enumerate(ids) if k not in self._ids]
 
     def add(self, ids: Sequence[str], logits: np.ndarray, pooled: np.ndarray) -> None:
+        """Append outputs for new ids (rows in ``ids`` order) and persist the cache."""
         start = len(self._ids)
         for offset, k in enumerate(ids):
             self._ids[k] = start + offset
@@ -167,6 +174,7 @@ class TeacherCache:
         (self.dir / "ids.tmp.json").replace(self.dir / "ids.json")
 
     def get(self, ids: Sequence[str]) -> TeacherOutputs:
+        """Cached outputs for ``ids``, in that order; every id must already be cached."""
         rows = np.array([self._ids[k] for k in ids], dtype=np.int64)
         return TeacherOutputs(logits=self._logits[rows], pooled=self._pooled[rows])
 
@@ -211,6 +219,7 @@ def run_teacher(
 
 
 def cache_key(model_dir: Path | str, finetune: str, max_length: int) -> str:
+    """Cache directory name; changes with the model's weights or path, finetune or max_length."""
     raw = f"{fingerprint(model_dir)}|{model_dir}|{finetune}|{max_length}"
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
@@ -253,6 +262,7 @@ def fit_head(
 
 
 def load_tokenizer(model_dir: Path | str):
+    """The model's tokenizer, raising ``ModelError`` instead of the library's many errors."""
     try:
         return AutoTokenizer.from_pretrained(model_dir)
     except Exception as exc:  # tokenizers raise many types; all mean "no usable tokenizer"
