@@ -105,7 +105,8 @@ def main() -> None:
 
     t, s, b = distill["teacher"], distill["student"], labels_only["student"]
     results["teacher"] = {k: t[k] for k in ("accuracy", "macro_f1", "params", "latency_ms_p50")}
-    results["student"] = {k: s[k] for k in ("accuracy", "macro_f1", "agreement", "params", "latency_ms_p50")}
+    keys = ("accuracy", "macro_f1", "agreement", "params", "latency_ms_p50")
+    results["student"] = {k: s[k] for k in keys}
     results["labels_only"] = {k: b[k] for k in ("accuracy", "macro_f1", "agreement")}
     results["compression"] = distill["compression"]
 

@@ -102,7 +102,10 @@ def test_cli_end_to_end_on_tiny_bert(workspace, tmp_path):
 
 def test_rerun_uses_cached_teacher_outputs(workspace, tmp_path):
     first = run(parse_config(config(workspace, tmp_path / "a", epochs=1)))
-    second = run(parse_config(config(workspace, tmp_path / "b", epochs=1)))
+    # The SDK entry point takes a plain dict and runs the same pipeline.
+    import onedistill
+
+    second = onedistill.distill(config(workspace, tmp_path / "b", epochs=1))
     assert second["teacher"]["details"]["examples_computed"] == 0
     assert second["teacher"]["details"]["examples_from_cache"] == 160
     assert first["teacher"]["accuracy"] == second["teacher"]["accuracy"]

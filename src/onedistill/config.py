@@ -297,7 +297,9 @@ def reference_markdown() -> str:
                 if isinstance(a, type) and issubclass(a, BaseModel)
             ]
             if nested:
-                rows.append(f"| `{key}` | | {field.description or nested[0].__doc__.splitlines()[0]} |")
+                rows.append(
+                    f"| `{key}` | | {field.description or nested[0].__doc__.splitlines()[0]} |"
+                )
                 walk(nested[0], key + ".")
                 continue
             if field.is_required():

@@ -98,6 +98,7 @@ def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 def add_file_log(out: Path) -> logging.Handler:
+    """Also log to ``OUT/run.log``, so a run's history stays with its results."""
     handler = logging.FileHandler(out / "run.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("onedistill").addHandler(handler)
@@ -105,6 +106,7 @@ def add_file_log(out: Path) -> logging.Handler:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so splits, shuffles and dropout repeat."""
     import random
 
     random.seed(seed)
@@ -235,6 +237,8 @@ def finetune_teacher(state: RunState, data: DataBundle, teacher_dir: Path | str,
 
 
 def eval_fn(model_tokenizer, split: Split, max_length: int) -> Callable[[torch.nn.Module], dict]:
+    """A function that scores a model on ``split`` (accuracy, macro-F1, ROC-AUC)."""
+
     def evaluate(model: torch.nn.Module) -> dict:
         logits = predict(model, model_tokenizer, split.texts, split.pairs, max_length)
         return quality(logits, split.labels)
@@ -571,6 +575,7 @@ def enable_qat(cfg: Config, student: torch.nn.Module):
 
 
 def disable_qat(handle) -> None:
+    """Remove fake quantization, leaving the trained float weights."""
     if handle is not None:
         from onedistill.compress.qat import disable_fake_quant
 
@@ -589,6 +594,7 @@ def make_distiller(
     distill_cfg: DistillConfig | None = None,
     **kwargs: Any,
 ) -> Distiller:
+    """A Distiller wired to this run's output directory, eval data and teacher."""
     cfg = state.config
     return Distiller(
         student,
@@ -686,9 +692,11 @@ class PruneGuard:
         self.reverted_at: int | None = None
 
     def after_backward(self) -> None:
+        """Pass gradients on to the pruner's importance scores."""
         self.pruner.after_backward()
 
     def on_step(self, step: int) -> bool:
+        """Advance the schedule; undo an event that costs too much accuracy."""
         if self.baseline is None:
             self.baseline = self.evaluate(self.student)["accuracy"]
         if self.pruner.stopped or not self.pruner.on_step(step):
@@ -709,9 +717,11 @@ class PruneGuard:
         return True
 
     def state_dict(self) -> dict:
+        """Pruner state and the unpruned baseline, for resuming."""
         return {"pruner": self.pruner.state_dict(), "baseline": self.baseline}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` saved."""
         self.pruner.load_state_dict(state["pruner"])
         self.baseline = state["baseline"]
 
@@ -763,6 +773,7 @@ def assemble_train_data(
 
 
 def token_lengths(tokenizer, data: TrainData, max_length: int) -> np.ndarray:
+    """Token count of every training row, for length-grouped batches."""
     enc = tokenizer(data.texts, data.pairs, truncation=True, max_length=max_length)
     return np.array([len(ids) for ids in enc["input_ids"]], dtype=np.int64)
 
@@ -783,6 +794,7 @@ def write_eval_files(out: Path, data: DataBundle, calibration: int = 256) -> Non
 
 
 def machine_info(threads: int) -> dict:
+    """CPU model, core count and versions, recorded with every report."""
     import os
     import platform
 

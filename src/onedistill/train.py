@@ -32,13 +32,17 @@ log = logging.getLogger(__name__)
 class StepCallback(Protocol):
     """Hooks for stages that act during training, such as pruning."""
 
-    def after_backward(self) -> None: ...
+    def after_backward(self) -> None:
+        """Called after every backward pass, while gradients are present."""
 
-    def on_step(self, step: int) -> bool: ...
+    def on_step(self, step: int) -> bool:
+        """Called after every optimizer step (1-based); True when the model changed."""
 
-    def state_dict(self) -> dict: ...
+    def state_dict(self) -> dict:
+        """State saved in each epoch checkpoint."""
 
-    def load_state_dict(self, state: dict) -> None: ...
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the state on ``--resume``."""
 
 
 @dataclass
@@ -251,6 +255,11 @@ class Distiller:
         return found[-1] if found else None
 
     def fit(self, data: TrainData, resume: bool = False) -> TrainResult:
+        """Train for the configured epochs (or continue from the last checkpoint).
+
+        Evaluates after every epoch, writes a checkpoint, stops early when eval accuracy stops
+        improving, and leaves the student holding the best epoch's weights.
+        """
         cfg = self.cfg
         per_step = cfg.batch_size * cfg.grad_accum
         steps_per_epoch = math.ceil(len(data.sample) / per_step)
