@@ -165,8 +165,18 @@ def test_teacher_cache_aligned_under_shuffling(tmp_path):
     ids = [f"id{i}" for i in range(50)]
     logits = np.arange(100, dtype=np.float32).reshape(50, 2)
     pooled = np.repeat(np.arange(50, dtype=np.float16)[:, None, None], 3, axis=1)
-    cache.add(ids[::2], logits[::2], pooled[::2])
-    cache.add(ids[1::2], logits[1::2], pooled[1::2])
+    # Identical texts share an id: a repeated id in a batch, or one cached earlier, must not
+    # shift the rows of the examples stored after it.
+    first = ids[::2] + [ids[0]]
+    cache.add(
+        first, np.concatenate([logits[::2], logits[:1]]), np.concatenate([pooled[::2], pooled[:1]])
+    )
+    assert cache.missing(ids[1::2] + [ids[2], ids[1]]) == list(range(25))
+    cache.add(
+        ids[1::2] + [ids[2]],
+        np.concatenate([logits[1::2], logits[2:3]]),
+        np.concatenate([pooled[1::2], pooled[2:3]]),
+    )
     reloaded = TeacherCache(tmp_path, "k")
     order = list(reversed(ids))
     got = reloaded.get(order)
@@ -320,3 +330,24 @@ def test_prune_guard_undoes_an_event_that_costs_too_much(tmp_path):
     assert guard.reverted_at == 2
     assert pruner.stopped
     assert pruner.summary()["total_heads_kept"] == pruner.summary()["total_heads"]
+
+
+def test_compress_command_prunes_and_exports_a_finished_run(workspace, tmp_path):
+    out = tmp_path / "run"
+    run(parse_config(config(workspace, out, epochs=1)))
+    runner = CliRunner()
+    env = {"ONEDISTILL_CACHE": str(workspace / "cache")}
+    result = runner.invoke(app, ["compress", str(out), "--prune"], env=env)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["student_pruned"]["params"] < report["student"]["params"]
+    assert (out / "compressed" / "model.onnx").is_file()
+    assert report["compression"]["params_ratio"] > 0  # the run's own figures survive the merge
+    # A second compress refuses to replace what the first one made.
+    again = runner.invoke(app, ["compress", str(out)], env=env)
+    assert again.exit_code == 2
+    assert "already exists" in again.output
+
+    bench = runner.invoke(app, ["bench", str(out / "compressed" / "model.onnx")])
+    assert bench.exit_code == 0, bench.output
+    assert "p50" in bench.output or "latency" in bench.output

@@ -157,20 +157,33 @@ def validate(config: Annotated[Path, typer.Argument(help="YAML config to check."
 def compress(
     run_dir: Annotated[Path, typer.Argument(help="A finished run's output directory.")],
     target: Annotated[str | None, typer.Option(help="cpu, gpu or mobile.")] = None,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            help="Prune first: further distillation with the pruning schedule (uses the run's "
+            "compression.prune settings, or the defaults)."
+        ),
+    ] = False,
     force: Annotated[
-        bool, typer.Option(help="Move an existing RUN_DIR/compressed aside instead of refusing.")
+        bool, typer.Option(help="Move existing compressed/ or student-pruned/ aside instead.")
     ] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO or WARNING.")] = "INFO",
 ) -> None:
-    """Compress and export the student of a finished run for a deployment target."""
+    """Prune, quantize and export the student of a finished run for a deployment target.
+
+    Compresses ``student-pruned/`` when the run has one, else ``student/``.
+    """
     _setup_logging(log_level)
     from onedistill.compress.commands import compress_run_dir
-
-    overrides = {"target": target} if target else None
+    from onedistill.pipeline import prune_run_dir
     from onedistill.report import rerender
 
+    overrides = {"target": target} if target else None
     try:
-        result = compress_run_dir(str(run_dir), overrides, force=force)
+        if prune:
+            prune_run_dir(run_dir, force=force)
+        source = "student-pruned" if (run_dir / "student-pruned").is_dir() else "student"
+        result = compress_run_dir(str(run_dir), overrides, force=force, student_subdir=source)
     except (*_user_errors(), FileExistsError, ValueError) as exc:
         _fail(exc)
     if (run_dir / "report.json").is_file() and (run_dir / "report.md").is_file():

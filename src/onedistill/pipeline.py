@@ -376,13 +376,27 @@ def run(config: Config, resume: bool = False, overwrite: bool = False) -> dict:
         handler.close()
 
 
-def _run(state: RunState, resume: bool, write_report: Callable) -> dict:
+@dataclass
+class Prepared:
+    """Data and teacher outputs, ready for the student stages."""
+
+    data: DataBundle
+    teacher_dir: Path | str
+    teacher: TeacherClassifier
+    teacher_tok: Any
+    cache: TeacherCache
+    teacher_info: dict
+    train_out: Any
+    train_logits: np.ndarray
+    eval_logits: np.ndarray
+    hard: np.ndarray
+    hard_info: dict
+
+
+def data_and_teacher(state: RunState) -> Prepared:
+    """The data and teacher stages: load and check data, then teacher outputs (cached)."""
     cfg = state.config
     out = state.out
-    seed_everything(cfg.run.seed)
-    torch.set_num_threads(cfg.run.threads)
-    (out / "config.resolved.yaml").write_text(dump_config(cfg), encoding="utf-8")
-
     # Data and model references are checked before any model is loaded.
     with stage(state, "data"):
         data = load_data(cfg.data, cfg.run.seed)
@@ -410,6 +424,33 @@ def _run(state: RunState, resume: bool, write_report: Callable) -> dict:
         hard, hard_info = select_hard_examples(
             train_logits, data.train.labels, cfg.teacher.hard_fraction
         )
+    return Prepared(
+        data,
+        teacher_dir,
+        teacher,
+        teacher_tok,
+        cache,
+        teacher_info,
+        train_out,
+        train_logits,
+        eval_logits,
+        hard,
+        hard_info,
+    )
+
+
+def _run(state: RunState, resume: bool, write_report: Callable) -> dict:
+    cfg = state.config
+    out = state.out
+    seed_everything(cfg.run.seed)
+    torch.set_num_threads(cfg.run.threads)
+    (out / "config.resolved.yaml").write_text(dump_config(cfg), encoding="utf-8")
+
+    prep = data_and_teacher(state)
+    data, teacher, teacher_tok, cache = prep.data, prep.teacher, prep.teacher_tok, prep.cache
+    teacher_dir, teacher_info = prep.teacher_dir, prep.teacher_info
+    train_out, train_logits, eval_logits = prep.train_out, prep.train_logits, prep.eval_logits
+    hard, hard_info = prep.hard, prep.hard_info
 
     with stage(state, "student"):
         student, student_tok, mapping, student_info = build_student(
@@ -494,25 +535,9 @@ def _run(state: RunState, resume: bool, write_report: Callable) -> dict:
         )
         pruned_report = None
         if pruned_dir is not None:
-            pruned = load_student_dir(pruned_dir)
-            pruned_logits = predict(
-                pruned, student_tok, data.eval.texts, data.eval.pairs, cfg.data.max_length
+            pruned_report = measure_pruned(
+                state, prep, pruned_dir, student_tok, pruning_info, prune_result
             )
-            pruned_report = measure(
-                pruned,
-                student_tok,
-                accepted_inputs(pruned),
-                pruned_logits,
-                data,
-                state,
-                pruned_dir,
-                reference=eval_logits,
-            )
-            pruned_report["pruning"] = pruning_info
-            pruned_report["training"] = {
-                "best_epoch": prune_result.best_epoch,
-                "history": prune_result.history,
-            }
 
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -724,6 +749,99 @@ class PruneGuard:
         """Restore what ``state_dict`` saved."""
         self.pruner.load_state_dict(state["pruner"])
         self.baseline = state["baseline"]
+
+
+def measure_pruned(
+    state: RunState, prep: Prepared, pruned_dir: Path, tokenizer, info: dict, result: TrainResult
+) -> dict:
+    """The pruned student measured like teacher and student, plus what pruning kept."""
+    from onedistill.encode import accepted_inputs
+
+    cfg, data = state.config, prep.data
+    pruned = load_student_dir(pruned_dir)
+    logits = predict(pruned, tokenizer, data.eval.texts, data.eval.pairs, cfg.data.max_length)
+    report = measure(
+        pruned,
+        tokenizer,
+        accepted_inputs(pruned),
+        logits,
+        data,
+        state,
+        pruned_dir,
+        reference=prep.eval_logits,
+    )
+    report["pruning"] = info
+    report["training"] = {"best_epoch": result.best_epoch, "history": result.history}
+    return report
+
+
+def prune_run_dir(run_dir: Path, overrides: dict | None = None, force: bool = False) -> dict:
+    """Prune the student of a finished run, with further distillation so it recovers.
+
+    Reads the run's resolved config, reuses its cached teacher outputs, writes
+    ``RUN_DIR/student-pruned`` and adds ``student_pruned`` to the run's report.
+    """
+    from onedistill.compress.config import CompressionConfig, PruneConfig
+    from onedistill.config import load_config
+    from onedistill.report import rerender
+
+    run_dir = Path(run_dir)
+    report_path = run_dir / "report.json"
+    if not report_path.is_file() or not (run_dir / "student").is_dir():
+        raise FileNotFoundError(f"{run_dir} is not a finished run (no report.json or student/)")
+    target = run_dir / "student-pruned"
+    if target.exists():
+        if not force:
+            raise OutputExistsError(
+                f"{target} already exists; pass --force to move it aside and prune again"
+            )
+        target.rename(target.with_name(f"student-pruned.prev-{datetime.now():%Y%m%d-%H%M%S}"))
+    cfg = load_config(run_dir / "config.resolved.yaml")
+    comp = cfg.compression or CompressionConfig()
+    prune = comp.prune or PruneConfig()
+    if overrides:
+        prune = PruneConfig.model_validate(prune.model_dump() | overrides)
+    cfg.compression = comp.model_copy(update={"prune": prune})
+
+    state = RunState(config=cfg, out=run_dir)
+    handler = add_file_log(run_dir)
+    try:
+        seed_everything(cfg.run.seed)
+        torch.set_num_threads(cfg.run.threads)
+        prep = data_and_teacher(state)
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        student = load_student_dir(run_dir / "student")
+        tokenizer = load_tokenizer(run_dir / "student")
+        layers = student.config.num_hidden_layers
+        mapping = [report["mapping"]["student_to_teacher"][str(s)] for s in range(1, layers + 1)]
+        matched = [s for s, _ in report["mapping"]["matched"]]
+        train_data = assemble_train_data(
+            prep.data, prep.cache, prep.teacher, prep.train_logits, mapping, matched, prep.hard, cfg
+        )
+        train_data.lengths = token_lengths(tokenizer, train_data, cfg.data.max_length)
+        with stage(state, "prune"):
+            pruned_dir, info, result = prune_stage(
+                state,
+                student,
+                tokenizer,
+                prep.teacher,
+                prep.data,
+                train_data,
+                matched,
+                report["training"]["lr"],
+                resume=False,
+            )
+        with stage(state, "evaluate pruned"):
+            report["student_pruned"] = measure_pruned(
+                state, prep, pruned_dir, tokenizer, info, result
+            )
+        report["figures"] = sorted(set(report.get("figures", [])) | {"figures/pruning.png"})
+        report["stage_times_s"] = report.get("stage_times_s", {}) | state.stage_times
+        report_path.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+        return rerender(run_dir)
+    finally:
+        logging.getLogger("onedistill").removeHandler(handler)
+        handler.close()
 
 
 def load_student_dir(path: Path) -> torch.nn.Module:

@@ -142,36 +142,60 @@ class TeacherCache:
     pooled embeddings, so retraining the head never invalidates the expensive encoder pass.
     """
 
+    FORMAT = 2
+
     def __init__(self, root: Path, key: str):
         self.dir = root / "teacher-outputs" / key
         self.dir.mkdir(parents=True, exist_ok=True)
         self._ids: dict[str, int] = {}
         self._logits = np.zeros((0, 0), np.float32)
         self._pooled = np.zeros((0, 0, 0), np.float16)
-        if (self.dir / "ids.json").is_file():
-            ids = json.loads((self.dir / "ids.json").read_text())
-            self._ids = {k: i for i, k in enumerate(ids)}
-            self._logits = np.load(self.dir / "logits.npy")
-            self._pooled = np.load(self.dir / "pooled.npy")
+        index = self.dir / "index.json"
+        if index.is_file():
+            meta = json.loads(index.read_text())
+            if meta.get("format") == self.FORMAT:
+                self._ids = meta["rows"]
+                self._logits = np.load(self.dir / "logits.npy")
+                self._pooled = np.load(self.dir / "pooled.npy")
+            else:
+                log.warning("Ignoring teacher cache %s written in an older format", self.dir)
 
     def missing(self, ids: Sequence[str]) -> list[int]:
-        """Positions in ``ids`` of the examples not cached yet."""
-        return [i for i, k in enumerate(ids) if k not in self._ids]
+        """Positions in ``ids`` of the examples not cached yet (first occurrence of each)."""
+        seen: set[str] = set()
+        todo = []
+        for i, k in enumerate(ids):
+            if k not in self._ids and k not in seen:
+                seen.add(k)
+                todo.append(i)
+        return todo
 
     def add(self, ids: Sequence[str], logits: np.ndarray, pooled: np.ndarray) -> None:
-        """Append outputs for new ids (rows in ``ids`` order) and persist the cache."""
-        start = len(self._ids)
-        for offset, k in enumerate(ids):
+        """Append outputs for new ids (rows in ``ids`` order) and persist the cache.
+
+        Each id gets the row number it is stored at; an id already cached, or repeated in
+        ``ids``, keeps its first row. (Identical texts share an id, so they share outputs.)
+        """
+        keep: dict[str, int] = {}
+        for i, k in enumerate(ids):
+            if k not in self._ids and k not in keep:
+                keep[k] = i
+        if not keep:
+            return
+        rows = np.fromiter(keep.values(), dtype=np.int64)
+        start = len(self._logits)
+        for offset, k in enumerate(keep):
             self._ids[k] = start + offset
-        self._logits = logits if start == 0 else np.concatenate([self._logits, logits])
-        self._pooled = pooled if start == 0 else np.concatenate([self._pooled, pooled])
+        self._logits = logits[rows] if start == 0 else np.concatenate([self._logits, logits[rows]])
+        self._pooled = pooled[rows] if start == 0 else np.concatenate([self._pooled, pooled[rows]])
         # Write arrays before the index so a killed write leaves the old, consistent cache.
         np.save(self.dir / "logits.tmp.npy", self._logits)
         np.save(self.dir / "pooled.tmp.npy", self._pooled)
         (self.dir / "logits.tmp.npy").replace(self.dir / "logits.npy")
         (self.dir / "pooled.tmp.npy").replace(self.dir / "pooled.npy")
-        (self.dir / "ids.tmp.json").write_text(json.dumps(list(self._ids)))
-        (self.dir / "ids.tmp.json").replace(self.dir / "ids.json")
+        meta = {"format": self.FORMAT, "rows": self._ids}
+        (self.dir / "index.tmp.json").write_text(json.dumps(meta))
+        (self.dir / "index.tmp.json").replace(self.dir / "index.json")
 
     def get(self, ids: Sequence[str]) -> TeacherOutputs:
         """Cached outputs for ``ids``, in that order; every id must already be cached."""
