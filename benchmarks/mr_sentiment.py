@@ -58,6 +58,30 @@ def write_config(base: dict, out: Path, path: Path, **overrides) -> Path:
     return path
 
 
+def run_variants(base: dict, out: Path, env: dict) -> dict:
+    """The example with one choice changed at a time; accuracy, size and speed of each."""
+    variants = {
+        "w_ce=0": {"distill__loss": {**base["distill"]["loss"], "w_ce": 0.0}},
+        "w_ce=0.5": {"distill__loss": {**base["distill"]["loss"], "w_ce": 0.5}},
+        "cut 2 layers from teacher": {"student": {"layers": 2, "mapping": "uniform"}},
+    }
+    found = {}
+    for name, overrides in variants.items():
+        slug = name.replace(" ", "-").replace("=", "")
+        cfg = write_config(base, out / slug, out / f"{slug}.yaml", **overrides)
+        wall, _ = run_cli(["run", str(cfg)], env)
+        rep = json.loads((out / slug / "report.json").read_text())
+        s = rep["student"]
+        found[name] = {
+            "accuracy": s["accuracy"],
+            "agreement": s["agreement"],
+            "params": s["params"],
+            "latency_ms_p50": s["latency_ms_p50"],
+            "wall_s": round(wall, 1),
+        }
+    return found
+
+
 def cpu_name() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -70,6 +94,13 @@ def main() -> None:
     parser.add_argument("--skip-cold", action="store_true", help="Reuse the normal cache.")
     parser.add_argument("--compress", action="store_true", help="Also compress for the CPU.")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench"))
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="Also run the variants behind the example's choices: w_ce 0 and 0.5, and a "
+        "2-layer student cut from the teacher.",
+    )
+    parser.add_argument("--skip-main", action="store_true", help="Only run --variants.")
     args = parser.parse_args()
 
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -86,6 +117,13 @@ def main() -> None:
         wall, peak = run_cli(["run", str(cfg)], env_cold)
         results["cold"] = {"wall_s": round(wall, 1), "peak_rss_gb": round(peak, 2)}
         env = env_cold  # the rerun and baseline share the cache the cold run filled
+
+    if args.skip_main:
+        results["variants"] = run_variants(base, out, env)
+        print(json.dumps(results, indent=2))
+        with (ROOT / "benchmarks" / "results.jsonl").open("a") as f:
+            f.write(json.dumps(results) + "\n")
+        return
 
     cfg = write_config(base, out / "distill", out / "distill.yaml")
     wall, peak = run_cli(["run", str(cfg)], env)
@@ -124,6 +162,9 @@ def main() -> None:
             "speedup_vs_teacher": t["latency_ms_p50"] / chosen["latency_ms_p50"],
             "size_ratio_vs_teacher": t["size_mb"] / chosen["size_mb"],
         }
+
+    if args.variants:
+        results["variants"] = run_variants(base, out, env)
 
     checks = {
         "student within 1.5 points of teacher": t["accuracy"] - s["accuracy"] <= 0.015,
