@@ -263,6 +263,9 @@ def test_hard_examples_are_highest_teacher_loss():
     hard, info = select_hard_examples(logits, labels, 0.34)
     assert hard.tolist() == [2]
     assert info["count"] == 1 and info["teacher_wrong_among_hard"] == 1.0
+    # By entropy, the example the teacher is least sure of (row 1, a 50/50 call) is hardest.
+    hard, info = select_hard_examples(logits, labels, 0.34, by="entropy")
+    assert hard.tolist() == [1] and info["by"] == "entropy"
 
 
 def test_length_grouped_order_covers_every_example_once():

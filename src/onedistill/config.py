@@ -96,6 +96,11 @@ class TeacherConfig(Strict):
     hard_fraction: float = Field(
         0.08, ge=0.0, lt=1.0, description="Hardest share of training examples to oversample."
     )
+    hard_by: Literal["loss", "entropy"] = Field(
+        "loss",
+        description="What makes an example hard: the teacher's loss on its label, or the "
+        "entropy of the teacher's prediction.",
+    )
     hard_oversample: int = Field(
         2, ge=1, description="Times each hard example appears per epoch (1 = no oversampling)."
     )

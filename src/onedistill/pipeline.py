@@ -247,22 +247,31 @@ def eval_fn(model_tokenizer, split: Split, max_length: int) -> Callable[[torch.n
 
 
 def select_hard_examples(
-    teacher_logits: np.ndarray, labels: np.ndarray, fraction: float
+    teacher_logits: np.ndarray, labels: np.ndarray, fraction: float, by: str = "loss"
 ) -> tuple[np.ndarray, dict]:
-    """Indices of the hardest labelled examples by teacher cross-entropy."""
+    """Indices of the hardest labelled examples, by teacher cross-entropy or entropy.
+
+    ``loss`` picks what the teacher gets most wrong (often mislabelled or ambiguous rows);
+    ``entropy`` picks where the teacher is least sure, near its decision boundary, where its
+    soft labels carry the most information beyond the hard label.
+    """
     labelled = np.flatnonzero(labels >= 0)
     if fraction <= 0 or len(labelled) == 0:
-        return np.array([], dtype=np.int64), {"fraction": fraction, "count": 0}
+        return np.array([], dtype=np.int64), {"fraction": fraction, "count": 0, "by": by}
     logits = teacher_logits[labelled]
     shifted = logits - logits.max(-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-    loss = -log_probs[np.arange(len(labelled)), labels[labelled]]
+    if by == "entropy":
+        score = -(np.exp(log_probs) * log_probs).sum(-1)
+    else:
+        score = -log_probs[np.arange(len(labelled)), labels[labelled]]
     k = max(1, int(round(fraction * len(labelled))))
-    hard = labelled[np.argsort(-loss, kind="stable")[:k]]
+    hard = labelled[np.argsort(-score, kind="stable")[:k]]
     return hard, {
         "fraction": fraction,
+        "by": by,
         "count": int(k),
-        "teacher_loss_threshold": float(np.sort(loss)[::-1][k - 1]),
+        "score_threshold": float(np.sort(score)[::-1][k - 1]),
         "teacher_wrong_among_hard": float((teacher_logits[hard].argmax(-1) != labels[hard]).mean()),
     }
 
@@ -422,7 +431,7 @@ def data_and_teacher(state: RunState) -> Prepared:
             train_logits = head_logits(teacher, train_out.pooled)
             eval_logits = head_logits(teacher, eval_out.pooled)
         hard, hard_info = select_hard_examples(
-            train_logits, data.train.labels, cfg.teacher.hard_fraction
+            train_logits, data.train.labels, cfg.teacher.hard_fraction, cfg.teacher.hard_by
         )
     return Prepared(
         data,
