@@ -569,6 +569,7 @@ def _run(state: RunState, resume: bool, write_report: Callable) -> dict:
             "history": result.history,
             "loss": cfg.distill.loss.model_dump(),
             "hard_examples": hard_info,
+            "hard_oversample": cfg.teacher.hard_oversample,
             "train_examples_per_epoch": int(len(train_data.sample)),
         },
         "data": data.stats,

@@ -127,7 +127,8 @@ def render_markdown(report: dict, figures: list[str]) -> str:
         + (f" -> {temp['end']}" if temp.get("end") else "")
         + f". LR {tr['lr']:g}, {tr['steps']} steps, best epoch {tr['best_epoch']}"
         + (" (stopped early)" if tr["stopped_early"] else "")
-        + f". Hard examples oversampled: {tr['hard_examples']['count']}.",
+        + f". Hard examples (by teacher {tr['hard_examples'].get('by', 'loss')}): "
+        + f"{tr['hard_examples']['count']}, each seen {tr.get('hard_oversample', 1)}x per epoch.",
         "",
         "| epoch | train loss | eval accuracy | eval macro-F1 | time s |",
         "|---:|---:|---:|---:|---:|",
