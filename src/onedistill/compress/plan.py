@@ -202,6 +202,11 @@ _BENCH_KEYS = (
 )
 
 
+def agreement_rate(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of positions where two prediction arrays agree."""
+    return float((np.asarray(a) == np.asarray(b)).mean())
+
+
 def _parity_summary(parity: dict | None) -> dict | None:
     if parity is None:
         return None
@@ -610,11 +615,21 @@ def _mixed(
         feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
     path = out / "model.int8-mixed.onnx"
     try:
+        scored: dict[str, dict] = {}
+
+        def scores(p: Path) -> dict:
+            # Accuracy and agreement come from one pass over eval per candidate graph.
+            if str(p) not in scored:
+                scored[str(p)] = ctx.evaluate(Path(p))
+            return scored[str(p)]
+
         info = quantize_mixed(
             fp32_path,
             path,
-            lambda p: ctx.evaluate(Path(p))["accuracy"],
+            lambda p: scores(p)["accuracy"],
             cfg.max_accuracy_drop,
+            agreement_fn=lambda p: agreement_rate(scores(p)["predictions"], ctx.student_preds),
+            agreement_min=cfg.int8_agreement_min,
             sample_feeds=feeds,
             fp32_accuracy=ctx.student_accuracy,
             weight_type=scheme_kwargs.get("weight_type", "auto"),

@@ -560,6 +560,8 @@ def quantize_mixed(
     per_channel: bool = False,
     flags: set[str] | None = None,
     start_excluded: int = 1,
+    agreement_fn: Callable[[Path], float] | None = None,
+    agreement_min: float = 0.0,
 ) -> dict:
     """Dynamic INT8 with the most error-sensitive nodes kept in FP32 ("mixed precision").
 
@@ -581,6 +583,10 @@ def quantize_mixed(
         per_channel: As in :func:`quantize_dynamic_int8`.
         flags: CPU flags to decide the weight type for.
         start_excluded: Smallest number of nodes kept FP32 (1: full INT8 already failed).
+        agreement_fn: Share of eval predictions the ONNX model at a path shares with the
+            student; when given, a mixed graph must also reach ``agreement_min`` (the INT8
+            gate), not only the accuracy budget.
+        agreement_min: Smallest agreement accepted.
 
     Returns:
         ``met``, ``path`` (None when not met), ``kept_fp32`` (node names that stayed FP32),
@@ -637,10 +643,13 @@ def quantize_mixed(
             acc = float(eval_fn(path))
             drop = (base_acc - acc) * 100.0
             ok = drop <= max_accuracy_drop + 1e-9
+            row = {"kept_fp32": k, "accuracy": acc, "accuracy_drop_points": drop}
+            if agreement_fn is not None:
+                agree = float(agreement_fn(path))
+                ok = ok and agree >= agreement_min
+                row["agreement_with_student"] = agree
             results[k] = (ok, acc, path)
-            attempts.append(
-                {"kept_fp32": k, "accuracy": acc, "accuracy_drop_points": drop, "within": ok}
-            )
+            attempts.append(row | {"within": ok})
             return ok
 
         n_max = max(len(order) - 1, 0)  # at least one node stays INT8, else it is just FP32
