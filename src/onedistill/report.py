@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -37,13 +38,14 @@ def plot_training(metrics_path: Path, out_path: Path) -> Path | None:
         if pts:
             ax1.plot(*zip(*pts, strict=True), label=term)
     ax1.set_xlabel("optimizer step")
-    ax1.set_ylabel("loss term (unweighted)")
+    ax1.set_ylabel("loss (terms unweighted, total weighted)")
     ax1.set_yscale("log")
     ax1.legend()
     ax1.set_title("Loss terms")
     if epochs:
         ax2.plot([r["epoch"] for r in epochs], [r["eval_accuracy"] for r in epochs], marker="o")
         ax2.set_xlabel("epoch")
+        ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax2.set_ylabel("eval accuracy")
         ax2.set_title("Student on eval")
     fig.tight_layout()
