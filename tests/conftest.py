@@ -77,6 +77,25 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def sharpen(path: Path, std: float = 0.1, seed: int = 0) -> Path:
+    """Redraw the weight matrices with a larger spread.
+
+    BERT's 0.02 init gives logits of ~0.005 that barely react to anything; parity and INT8
+    checks need a model whose outputs padding or quantization can move.
+    """
+    import torch
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification.from_pretrained(path)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, std, generator=gen)
+    model.save_pretrained(path)
+    return path
+
+
 @pytest.fixture
 def tiny_bert(tmp_path: Path) -> Path:
     return make_tiny_bert(tmp_path / "tiny-bert")

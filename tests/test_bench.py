@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import make_tiny_bert, sentiment_rows
+from conftest import make_tiny_bert, sentiment_rows, sharpen
 from onedistill.compress.bench import (
     bench_artifact,
     bench_onnx,
@@ -26,21 +26,6 @@ ROWS = sentiment_rows(40, seed=2)
 TEXTS = [r["text"] for r in ROWS]
 LABELS = [int(r["label"] == "positive") for r in ROWS]
 FAST = {"threads": 1, "repeats": 5, "throughput_batches": 1}
-
-
-def sharpen(path: Path, std: float = 0.1, seed: int = 0) -> Path:
-    """Redraw weight matrices with a larger spread: 0.02 init leaves near-tied logits."""
-    import torch
-    from transformers import BertForSequenceClassification
-
-    model = BertForSequenceClassification.from_pretrained(path)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, std, generator=gen)
-    model.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

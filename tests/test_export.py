@@ -11,7 +11,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import make_tiny_bert, sentiment_rows
+from conftest import make_tiny_bert, sentiment_rows, sharpen
 from onedistill.compress.export import (
     ParityError,
     agreement,
@@ -24,24 +24,6 @@ from onedistill.compress.export import (
 from onedistill.compress.runtime import encode, load_student, ort_session, session_feeds
 
 TEXTS = [r["text"] for r in sentiment_rows(40)]
-
-
-def sharpen(path: Path, std: float = 0.1, seed: int = 0) -> Path:
-    """Redraw the weight matrices with a larger spread.
-
-    BERT's 0.02 init gives logits of ~0.005 that barely react to anything; trained models react,
-    and the parity checks below need a model whose outputs padding or quantization can move.
-    """
-    from transformers import BertForSequenceClassification
-
-    model = BertForSequenceClassification.from_pretrained(path)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, std, generator=gen)
-    model.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

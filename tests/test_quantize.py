@@ -10,7 +10,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from conftest import make_tiny_bert, sentiment_rows
+from conftest import make_tiny_bert, sentiment_rows, sharpen
 from onedistill.compress.export import check_parity, export_verified
 from onedistill.compress.quantize import (
     QuantizationError,
@@ -33,20 +33,6 @@ from onedistill.compress.runtime import (
 ROWS = sentiment_rows(48, seed=1)
 TEXTS = [r["text"] for r in ROWS]
 LABELS = [int(r["label"] == "positive") for r in ROWS]
-
-
-def sharpen(path: Path, std: float = 0.1, seed: int = 0) -> Path:
-    """Redraw weight matrices with a larger spread, so INT8 error is visible (0.02 init is not)."""
-    from transformers import BertForSequenceClassification
-
-    model = BertForSequenceClassification.from_pretrained(path)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, std, generator=gen)
-    model.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
